@@ -1,0 +1,35 @@
+# Set-up is two commands: `make run` and `make test`. Both install first (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
+
+.PHONY: install run test test-all tensorboard clean
+
+# The stamp is remade only when pyproject.toml changes, so a second install takes seconds.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -q "torch==2.14.1" "torchvision==0.29.1" || \
+		$(PY) -m pip install $(PIP_FLAGS) -q torch torchvision
+	$(PY) -m pip install $(PIP_FLAGS) -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m lab.run $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow"
+
+tensorboard: install
+	@mkdir -p outputs
+	$(VENV)/bin/tensorboard --logdir outputs --port $${PORT:-6006}
+
+clean:
+	rm -rf outputs multirun lightning_logs .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Lightning callbacks that turn a run's predictions into pictures and files."""

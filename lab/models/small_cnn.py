@@ -1,0 +1,74 @@
+"""A small VGG-style CNN for small grey or colour images (digits, MNIST, CIFAR)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"model.norm must be 'batch' or 'none', got {kind!r}")
+
+
+class SmallCNN(nn.Module):
+    """Stages of `convs_per_stage` x (3x3 conv, norm, ReLU) then 2x2 max-pool.
+
+    The pool is skipped once the feature map is 1 pixel wide, so the same model fits
+    8x8 digits and 32x32 CIFAR. Global average pool, then a hidden layer with
+    dropout, then the linear classifier. `features(x)` returns the penultimate
+    features (used for embeddings and feature pictures).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        image_size: Sequence[int] = (28, 28),
+        channels: Sequence[int] = (32, 64, 128),
+        convs_per_stage: int = 1,
+        hidden: int = 128,
+        dropout: float = 0.2,
+        norm: str = "batch",
+        pool: str = "avg",
+        name: str = "small_cnn",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if not channels:
+            raise ValueError("model.channels must list at least one stage width")
+        layers: list[nn.Module] = []
+        size = min(int(s) for s in image_size)
+        prev = in_channels
+        for width in channels:
+            for _ in range(int(convs_per_stage)):
+                layers += [nn.Conv2d(prev, int(width), 3, padding=1, bias=norm == "none"), _norm(norm, int(width)), nn.ReLU(inplace=True)]
+                prev = int(width)
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.body = nn.Sequential(*layers)
+        if pool == "avg":
+            self.pool, flat = nn.AdaptiveAvgPool2d(1), prev
+        elif pool == "flatten":
+            h, w = (int(s) for s in image_size)
+            for _ in range(sum(1 for m in layers if isinstance(m, nn.MaxPool2d))):
+                h, w = h // 2, w // 2
+            self.pool, flat = nn.Identity(), prev * h * w
+        else:
+            raise ValueError(f"model.pool must be 'avg' or 'flatten', got {pool!r}")
+        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(flat, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(float(dropout)))
+        self.head = nn.Linear(int(hidden), num_classes)
+        self.feature_dim = int(hidden)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.pool(self.body(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

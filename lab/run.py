@@ -1,0 +1,127 @@
+"""Train, then test the best checkpoint: `python -m lab.run [overrides]`.
+
+Composes conf/config.yaml with the command-line overrides, builds the datamodule,
+model, task, callbacks, loggers and Trainer from it, fits, tests the best
+checkpoint, and writes metrics.json into the run folder. Heavy imports (torch,
+lightning) happen inside functions so `--help` and `--cfg job` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lab.paths import config_dir
+
+# Keys every metrics.json holds (issue: the run directory contract).
+METRIC_KEYS = ["val/loss", "val/top1", "val/top5", "val/top1_best", "test/loss", "test/top1", "test/top5"]
+
+
+def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, minus `name` (a label for folders and tables, not an argument)."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.masked_copy(node, [k for k in node if k != "name"]) if "name" in node and "_target_" in node else node
+    return instantiate(node, _convert_="all", **kwargs)
+
+
+def _float(value: Any) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one job from a composed config; returns the metrics written to metrics.json."""
+    import warnings
+
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from lab.console import print_config_tree, print_results
+    from lab.hparams import collect_hparams, write_hparams
+    from lab.utils.io import write_json
+
+    # Lightning 2.6 on torch 2.14 warns about its own pytree call on every batch transfer.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print_config_tree(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
+    datamodule.setup("fit")
+    model = _instantiate(
+        cfg.model,
+        in_channels=datamodule.in_channels,
+        num_classes=datamodule.num_classes,
+        image_size=list(datamodule.image_size),
+    )
+    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
+    task = instantiate(
+        cfg.task,
+        _convert_="all",
+        model=model,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=scheduler,
+        num_classes=datamodule.num_classes,
+        class_names=list(datamodule.class_names),
+    )
+    callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    trainer.fit(task, datamodule=datamodule)
+    metrics: dict[str, Any] = {
+        k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+    }
+    checkpoint = trainer.checkpoint_callback
+    best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
+    if cfg.get("test", True):
+        trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
+    metrics["epochs"] = int(trainer.current_epoch)
+    metrics["seed"] = int(cfg.seed)
+
+    if trainer.is_global_zero:
+        if not trainer.fast_dev_run:
+            write_json(run_dir / "metrics.json", metrics)
+            hydra_cfg = HydraConfig.get()
+            params = collect_hparams(cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+            write_hparams(trainer.loggers, params, [k for k in METRIC_KEYS if k in metrics])
+        print_results({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))} | {
+            "epochs": metrics["epochs"], "wall_time_s": metrics["wall_time_s"]}, str(run_dir))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; user errors print one line and exit with status 2."""
+    from hydra.errors import InstantiationException
+
+    from lab.console import print_error
+    from lab.errors import LabError
+
+    try:
+        metrics = train(cfg)
+    except (LabError, InstantiationException, ValueError) as err:
+        message = str(err).strip().splitlines()
+        print_error(message[-1] if isinstance(err, InstantiationException) and message else " ".join(message))
+        sys.exit(2)
+    return metrics.get("val/top1_best")
+
+
+if __name__ == "__main__":
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        from lab.cli_help import help_text
+
+        print(help_text(config_dir()), end="")
+        sys.exit(0)
+    main()

@@ -1,0 +1,116 @@
+"""Supervised classification: cross-entropy, top-1/top-5 accuracy, best-so-far val/top1."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lab.errors import ConfigError
+
+
+class ClassificationTask(L.LightningModule):
+    """Wraps any nn.Module that maps images to class logits.
+
+    `optimizer` is a partial taking the parameters; `scheduler` a partial taking the
+    optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top5}, val/top1_best,
+    train/lr. Accuracies are micro averages (fraction of samples) in [0, 1].
+    validation_step and test_step return predictions and targets, which callbacks
+    (the confusion matrix) read without a second forward pass.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        num_classes: int,
+        scheduler: Callable[..., Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        label_smoothing: float = 0.0,
+        top_k: int = 5,
+        scheduler_monitor: str = "val/top1",
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not 1 <= int(top_k) <= num_classes:
+            raise ConfigError(f"task.top_k={top_k} must be between 1 and the number of classes ({num_classes})")
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.scheduler_monitor = scheduler_monitor
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+        self.top_k = int(top_k)
+
+        def accuracies(prefix: str) -> MetricCollection:
+            return MetricCollection(
+                {
+                    "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                    f"top{self.top_k}": MulticlassAccuracy(num_classes, top_k=self.top_k, average="micro"),
+                },
+                prefix=prefix,
+            )
+
+        self.train_acc = accuracies("train/")
+        self.val_acc = accuracies("val/")
+        self.test_acc = accuracies("test/")
+        self.val_top1_best = MaxMetric()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, metrics: MetricCollection):
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        metrics.update(logits.detach(), y)
+        self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=split == "train",
+                 batch_size=len(y))
+        for key, metric in metrics.items():
+            self.log(key, metric, on_step=False, on_epoch=True, prog_bar=key == "val/top1")
+        return loss, logits, y
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, _, _ = self._shared_step(batch, "train", self.train_acc)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits, y = self._shared_step(batch, "val", self.val_acc)
+        return {"preds": logits.argmax(dim=1), "target": y}
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        _, logits, y = self._shared_step(batch, "test", self.test_acc)
+        return {"preds": logits.argmax(dim=1), "target": y}
+
+    def on_train_start(self) -> None:
+        # The sanity-check validation must not count towards the best score.
+        self.val_top1_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self.log("train/lr", float(lr), on_step=False, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        top1 = self.val_acc["top1"].compute()
+        self.val_top1_best.update(top1)
+        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        for group in optimizer.param_groups:
+            if group["lr"] <= 0:
+                raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch", "frequency": 1},
+        }

@@ -1,0 +1,32 @@
+"""Learning-rate schedules torch does not ship as one class."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    max_epochs: int,
+    warmup_epochs: int = 0,
+    warmup_start_factor: float = 0.1,
+    min_lr_ratio: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the base lr over `warmup_epochs`, then cosine decay to
+    `min_lr_ratio * lr` at `max_epochs`. Stepped once per epoch."""
+    max_epochs, warmup_epochs = int(max_epochs), int(warmup_epochs)
+    if max_epochs <= 0:
+        raise ValueError(f"scheduler.max_epochs must be positive, got {max_epochs}")
+    if not 0 <= warmup_epochs < max(max_epochs, 1) + 1:
+        raise ValueError(f"scheduler.warmup_epochs must be in [0, {max_epochs}], got {warmup_epochs}")
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return warmup_start_factor + (1.0 - warmup_start_factor) * epoch / warmup_epochs
+        span = max(max_epochs - warmup_epochs, 1)
+        progress = min((epoch - warmup_epochs) / span, 1.0)
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,63 @@
+"""Shared fixtures: compose lab's config with Hydra's compose API, run jobs in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    """Keep runs off the network and out of the user's outputs/ folder."""
+    monkeypatch.setenv("LAB_DATA_DIR", "/nonexistent-lab-data")
+    yield
+
+
+def compose(overrides: list[str], output_dir: Path | None = None):
+    """The config `python -m lab.run <overrides>` would see, with Hydra's runtime filled in."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lab.paths import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_in_process(overrides: list[str], output_dir: Path) -> dict:
+    """lab.run.train on a composed config, in this process (no re-import of torch)."""
+    from omegaconf import open_dict
+
+    from lab.run import train
+
+    cfg = compose(overrides, output_dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return train(cfg)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m lab.run <args>` in a subprocess, the way a user types it."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lab.run", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+# A few batches per split, 2 epochs: the whole pipeline in seconds.
+QUICK = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
