@@ -8,6 +8,8 @@ PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 .PHONY: install run test test-all tensorboard clean
 
 # The stamp is remade only when pyproject.toml changes, so a second install takes seconds.
+# torch/torchvision are pinned first to the builds this project is tested with (served
+# from local disk on x86_64 Python 3.11); elsewhere pip picks what the platform offers.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -q "torch==2.14.1" "torchvision==0.29.1" || \

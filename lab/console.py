@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console

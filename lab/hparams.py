@@ -8,7 +8,8 @@ job of a multirun appears as a row with its overridden parameters.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

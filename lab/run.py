@@ -26,7 +26,8 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, minus `name` (a label for folders and tables, not an argument)."""
     from hydra.utils import instantiate
 
-    node = OmegaConf.masked_copy(node, [k for k in node if k != "name"]) if "name" in node and "_target_" in node else node
+    if "name" in node and "_target_" in node:
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "name"])
     return instantiate(node, _convert_="all", **kwargs)
 
 
@@ -43,6 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from lab.console import print_config_tree, print_results
+    from lab.errors import ConfigError
     from lab.hparams import collect_hparams, write_hparams
     from lab.utils.io import write_json
 
@@ -54,6 +56,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    scheduler = None
+    if cfg.get("scheduler"):
+        if "_target_" not in cfg.scheduler:
+            raise ConfigError(
+                f"scheduler: {dict(cfg.scheduler)} is set but no scheduler is chosen (scheduler=none?); "
+                "choose one with scheduler=<cosine|plateau|multistep|exponential> or drop those keys"
+            )
+        scheduler = instantiate(cfg.scheduler, _convert_="all")
     datamodule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
     datamodule.setup("fit")
     model = _instantiate(
@@ -62,7 +72,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         num_classes=datamodule.num_classes,
         image_size=list(datamodule.image_size),
     )
-    scheduler = instantiate(cfg.scheduler, _convert_="all") if cfg.get("scheduler") else None
     task = instantiate(
         cfg.task,
         _convert_="all",

@@ -60,4 +60,9 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
 
 
 # A few batches per split, 2 epochs: the whole pipeline in seconds.
-QUICK = ["trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+QUICK = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]

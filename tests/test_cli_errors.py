@@ -24,3 +24,9 @@ def test_bad_dropout_is_refused(tmp_path):
     result = run_cli(["model.dropout=1.5", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert result.returncode == 2
     assert "model.dropout must be in [0, 1), got 1.5" in _error_line(result)
+
+
+def test_scheduler_keys_without_a_scheduler_are_refused(tmp_path):
+    result = run_cli(["experiment=cnn_fashionmnist", "scheduler=none", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no scheduler is chosen" in _error_line(result)

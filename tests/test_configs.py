@@ -67,13 +67,15 @@ def test_scheduler_none_is_null(tmp_path):
 
 
 def test_importing_the_entry_point_does_not_import_torch():
-    code = "import sys, lab.run; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    code = ("import sys, lab.run; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; "
+            "print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, f"lab.run imports {out.stdout.strip()} at module level"
 
 
 def test_help_lists_groups_and_experiments():
-    out = subprocess.run([sys.executable, "-m", "lab.run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "lab.run", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert "cnn_fashionmnist" in out.stdout
     assert "digits*" in out.stdout and "optimizer" in out.stdout

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
+
+import pytest
 
 from tests.conftest import ROOT
 
 
 def test_pyproject_lists_every_package():
+    tomllib = pytest.importorskip("tomllib")
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"lab"} | {
         "lab." + ".".join(p.relative_to(ROOT / "lab").parts)
@@ -22,7 +24,8 @@ def test_pyproject_lists_every_package():
 def test_installed_copy_finds_its_configs(tmp_path):
     target = tmp_path / "site"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(ROOT)],
         capture_output=True, text=True, timeout=300,
     )
     assert build.returncode == 0, build.stderr[-2000:]

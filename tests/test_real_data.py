@@ -18,7 +18,7 @@ needs_fashion = pytest.mark.skipif(
 def test_fashion_mnist_short_run_on_the_real_files(tmp_path):
     metrics = run_in_process([
         "experiment=cnn_fashionmnist", f"data.root={FASHION_DIR}", "data.download=false", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=60", "trainer.limit_val_batches=2", "scheduler=none",
+        "trainer.limit_train_batches=60", "trainer.limit_val_batches=2",
     ], tmp_path)
     # 60 steps of Adam already separate the 10 garment classes well beyond chance (0.10).
     assert metrics["test/top1"] > 0.70, metrics

@@ -17,7 +17,8 @@ from lab.tasks.schedulers import warmup_cosine
 
 def make_task(num_classes: int = 10, **kwargs) -> ClassificationTask:
     model = SmallCNN(in_channels=1, num_classes=num_classes, image_size=(8, 8), channels=[4])
-    return ClassificationTask(model=model, optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=num_classes, **kwargs)
+    optimizer = partial(torch.optim.SGD, lr=0.1)
+    return ClassificationTask(model=model, optimizer=optimizer, num_classes=num_classes, **kwargs)
 
 
 def test_top1_top5_are_micro_averages_of_samples():
@@ -77,3 +78,16 @@ def test_small_cnn_shapes_and_bad_values():
         SmallCNN(in_channels=1, num_classes=2, dropout=1.0)
     with pytest.raises(ValueError, match="norm"):
         SmallCNN(in_channels=1, num_classes=2, norm="layer")
+
+
+def test_warmup_cosine_per_step_is_smooth():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, max_epochs=2, warmup_epochs=0, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(0.5)  # half-way through the 2 epochs
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))

@@ -2,40 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
+_LIGHT = np.array([247, 251, 255], dtype=np.float32)  # the ends of matplotlib's "Blues"
+_DARK = np.array([8, 48, 107], dtype=np.float32)
 
-def render_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str):
-    """A matplotlib Figure: rows are true classes, columns predictions, colour is the
-    row-normalised rate, numbers are counts (when there are 20 classes or fewer)."""
-    from matplotlib.figure import Figure
+
+def render_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3): rows are true classes, columns predictions,
+    colour is the row-normalised rate, numbers are counts (up to 30 classes).
+
+    Drawn with Pillow rather than matplotlib: about 100x faster, which matters when
+    a matrix is logged after every validation epoch.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
     n = len(class_names)
-    side = min(max(4.0, 0.45 * n + 2.0), 24.0)
-    fig = Figure(figsize=(side, side), dpi=80, layout="constrained")
-    ax = fig.add_subplot()
+    cell = 36 if n <= 12 else 24 if n <= 30 else max(3, 900 // n)
+    show_text, show_names = n <= 30, n <= 60
+    font = ImageFont.load_default(size=max(9, min(14, cell // 2 - 2)))
+    names = [str(c) for c in class_names] if show_names else []
+    label_w = (max((int(font.getlength(c)) for c in names), default=0) + 10) if names else 6
+    top, left = 34 + 16, 18 + label_w
+    width, height = left + n * cell + 10, top + n * cell + label_w + 18
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if n <= 50:
-        ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), labels=class_names, fontsize=8)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
+    colours = (_LIGHT + (_DARK - _LIGHT) * rates[..., None]).astype(np.uint8)
+    grid = np.kron(colours, np.ones((cell, cell, 1), dtype=np.uint8))
+    img.paste(Image.fromarray(grid, "RGB"), (left, top))
+    if cell >= 8:
+        for k in range(n + 1):
+            draw.line([(left + k * cell, top), (left + k * cell, top + n * cell)], fill=(255, 255, 255))
+            draw.line([(left, top + k * cell), (left + n * cell, top + k * cell)], fill=(255, 255, 255))
+    if show_text:
+        for i, j in zip(*np.nonzero(matrix)):
+            colour = "white" if rates[i, j] > 0.5 else "black"
+            draw.text((left + j * cell + cell / 2, top + i * cell + cell / 2), str(int(matrix[i, j])),
+                      fill=colour, font=font, anchor="mm")
+    for i, name in enumerate(names):  # true classes down the left, predictions under the grid
+        draw.text((left - 5, top + i * cell + cell / 2), name, fill="black", font=font, anchor="rm")
+        label = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(label).text((label_w - 5, cell / 2), name, fill="black", font=font, anchor="rm")
+        img.paste(label.rotate(90, expand=True), (left + i * cell, top + n * cell + 2))
     acc = np.trace(matrix) / max(matrix.sum(), 1)
-    ax.set_title(f"{title} (top-1 {acc:.4f}, n={int(matrix.sum())})")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    return fig
+    heading = f"{title}  (top-1 {acc:.4f}, n={int(matrix.sum())})"
+    draw.text((6, 6), heading, fill="black", font=ImageFont.load_default(size=14))
+    draw.text((6, 28), "rows: true class, columns: predicted, colour: fraction of the row", fill=(90, 90, 90),
+              font=ImageFont.load_default(size=11))
+    draw.text((2, top + n * cell // 2), "true", fill=(90, 90, 90), font=ImageFont.load_default(size=11), anchor="lm")
+    draw.text((left + n * cell // 2, height - 4), "predicted", fill=(90, 90, 90), font=ImageFont.load_default(size=11),
+              anchor="md")
+    return np.asarray(img)
 
 
 class ConfusionMatrixLogger(L.Callback):
@@ -83,8 +108,10 @@ class ConfusionMatrixLogger(L.Callback):
 
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    fig = render_confusion(matrix, self._names(trainer, n), f"{split} confusion, epoch {trainer.current_epoch}")
-                    logger.experiment.add_figure(f"{split}/confusion_matrix", fig, global_step=trainer.global_step)
+                    title = f"{split} confusion, epoch {trainer.current_epoch}"
+                    image = render_confusion(matrix, self._names(trainer, n), title)
+                    logger.experiment.add_image(f"{split}/confusion_matrix", image, global_step=trainer.global_step,
+                                                dataformats="HWC")
 
     def _names(self, trainer: L.Trainer, n: int) -> list[str]:
         names = list(getattr(trainer.datamodule, "class_names", None) or [])
@@ -109,7 +136,9 @@ class ConfusionMatrixLogger(L.Callback):
         out = Path(trainer.default_root_dir)
         matrix = self.last[split]
         names = self._names(trainer, len(matrix))
-        render_confusion(matrix, names, f"{split} confusion").savefig(out / f"confusion_{split}.png")
+        from PIL import Image
+
+        Image.fromarray(render_confusion(matrix, names, f"{split} confusion")).save(out / f"confusion_{split}.png")
         header = "true\\pred," + ",".join(n.replace(",", " ") for n in names)
         rows = [names[i].replace(",", " ") + "," + ",".join(str(int(v)) for v in matrix[i]) for i in range(len(names))]
         (out / f"confusion_{split}.csv").write_text("\n".join([header, *rows]) + "\n")

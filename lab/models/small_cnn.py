@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,8 @@ class SmallCNN(nn.Module):
         prev = in_channels
         for width in channels:
             for _ in range(int(convs_per_stage)):
-                layers += [nn.Conv2d(prev, int(width), 3, padding=1, bias=norm == "none"), _norm(norm, int(width)), nn.ReLU(inplace=True)]
+                conv = nn.Conv2d(prev, int(width), 3, padding=1, bias=norm == "none")
+                layers += [conv, _norm(norm, int(width)), nn.ReLU(inplace=True)]
                 prev = int(width)
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
@@ -63,7 +64,9 @@ class SmallCNN(nn.Module):
             self.pool, flat = nn.Identity(), prev * h * w
         else:
             raise ValueError(f"model.pool must be 'avg' or 'flatten', got {pool!r}")
-        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(flat, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(float(dropout)))
+        self.neck = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, int(hidden)), nn.ReLU(inplace=True), nn.Dropout(float(dropout))
+        )
         self.head = nn.Linear(int(hidden), num_classes)
         self.feature_dim = int(hidden)
 

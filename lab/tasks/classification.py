@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -33,6 +35,7 @@ class ClassificationTask(L.LightningModule):
         label_smoothing: float = 0.0,
         top_k: int = 5,
         scheduler_monitor: str = "val/top1",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= float(label_smoothing) < 1.0:
@@ -48,6 +51,7 @@ class ClassificationTask(L.LightningModule):
         self.scheduler_monitor = scheduler_monitor
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
         self.top_k = int(top_k)
+        self.channels_last = bool(channels_last)
 
         def accuracies(prefix: str) -> MetricCollection:
             return MetricCollection(
@@ -65,6 +69,17 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # NHWC is faster for convolutions on CPU (oneDNN) and on tensor-core GPUs.
+        if self.channels_last:
+            x, y = batch
+            return x.contiguous(memory_format=torch.channels_last), y
+        return batch
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, metrics: MetricCollection):
         x, y = batch
@@ -109,8 +124,17 @@ class ClassificationTask(L.LightningModule):
                 raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        # Schedules that take `steps_per_epoch` (warmup_cosine) are stepped every
+        # optimizer step for a smooth curve; the rest once per epoch.
+        interval, kwargs = "epoch", {}
+        func = getattr(self.scheduler_factory, "func", self.scheduler_factory)
+        if "steps_per_epoch" in inspect.signature(func).parameters and (self.trainer.max_epochs or 0) > 0:
+            steps = self.trainer.estimated_stepping_batches / self.trainer.max_epochs
+            interval, kwargs = "step", {"steps_per_epoch": max(1, int(round(steps)))}
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": "epoch", "frequency": 1},
+            "lr_scheduler": {
+                "scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval, "frequency": 1
+            },
         }
