@@ -18,9 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lab.paths import config_dir
 
-# Keys every metrics.json holds (issue: the run directory contract).
-METRIC_KEYS = ["val/loss", "val/top1", "val/top5", "val/top1_best", "test/loss", "test/top1", "test/top5"]
-
 
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, minus `name` (a label for folders and tables, not an argument)."""
@@ -66,20 +63,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler = instantiate(cfg.scheduler, _convert_="all")
     datamodule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
     datamodule.setup("fit")
-    model = _instantiate(
-        cfg.model,
-        in_channels=datamodule.in_channels,
-        num_classes=datamodule.num_classes,
-        image_size=list(datamodule.image_size),
-    )
+    # The data sizes the model and the task (the only coupling between the boxes).
+    model = _instantiate(cfg.model, **datamodule.model_inputs())
     task = instantiate(
         cfg.task,
         _convert_="all",
         model=model,
         optimizer=instantiate(cfg.optimizer, _convert_="all"),
         scheduler=scheduler,
-        num_classes=datamodule.num_classes,
-        class_names=list(datamodule.class_names),
+        **datamodule.task_inputs(),
     )
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]
@@ -104,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             write_json(run_dir / "metrics.json", metrics)
             hydra_cfg = HydraConfig.get()
             params = collect_hparams(cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
-            write_hparams(trainer.loggers, params, [k for k in METRIC_KEYS if k in metrics])
+            write_hparams(trainer.loggers, params, [k for k in metrics if k.startswith(("val/", "test/"))])
         print_results({k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))} | {
             "epochs": metrics["epochs"], "wall_time_s": metrics["wall_time_s"]}, str(run_dir))
     return metrics
