@@ -1,0 +1,131 @@
+"""MNIST and Fashion-MNIST from their four IDX .gz files, in torchvision's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.data.idx import read_idx
+from lab.data.memory import InMemoryClassificationData
+from lab.data.splits import stratified_split
+from lab.errors import DataNotFoundError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+class _IdxDataModule(InMemoryClassificationData):
+    """Reads the IDX files from `root` or `root/<torchvision folder>/raw`.
+
+    When they are missing and `download` is true, torchvision downloads (and
+    checksums) them into `root/<torchvision folder>/raw`. With no files and no
+    network, raises DataNotFoundError naming the folder, the files and the fix.
+    """
+
+    torchvision_folder = ""  # e.g. "FashionMNIST": torchvision keeps files in <root>/<folder>/raw
+    how_to_get = ""
+
+    def __init__(
+        self,
+        name: str,
+        root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int | None = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        self.name = name
+        self.root = Path(root).expanduser()
+        self.download = download
+        self.val_size = int(val_size)
+        self.split_seed = int(split_seed)
+
+    def candidate_dirs(self) -> list[Path]:
+        return [self.root, self.root / self.torchvision_folder / "raw"]
+
+    def find_files(self) -> dict[str, Path] | None:
+        """The four files, from the first folder that holds all of them (.gz or raw)."""
+        for folder in self.candidate_dirs():
+            found = {}
+            for key, stem in FILES.items():
+                for name in (stem + ".gz", stem):
+                    if (folder / name).is_file():
+                        found[key] = folder / name
+                        break
+            if len(found) == len(FILES):
+                return found
+        return None
+
+    def _download(self) -> str | None:
+        """Download with torchvision; returns the failure reason or None on success."""
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.torchvision_folder)
+        try:
+            for train in (True, False):
+                cls(str(self.root), train=train, download=True)
+        except Exception as err:  # no network, mirror down, checksum mismatch
+            return f"{type(err).__name__}: {err}".splitlines()[0]
+        return None
+
+    def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        files = self.find_files()
+        reason = "data.download is false"
+        if files is None and self.download:
+            reason = self._download() or ""
+            files = self.find_files()
+        if files is None:
+            names = ", ".join(stem + ".gz" for stem in FILES.values())
+            folders = " or ".join(str(d.absolute()) for d in self.candidate_dirs())
+            raise DataNotFoundError(
+                f"{self.name}: files not found in {folders} (expected {names}); "
+                f"download failed ({reason}). {self.how_to_get}"
+            )
+        arrays = {key: read_idx(path) for key, path in files.items()}
+        train_x, train_y = arrays["train_images"], arrays["train_labels"].astype(np.int64)
+        test_x, test_y = arrays["test_images"], arrays["test_labels"].astype(np.int64)
+        if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+            raise DataNotFoundError(f"{self.name}: image and label files disagree in length in {files['train_images'].parent}")
+        keep, held = stratified_split(train_y, self.val_size, self.split_seed)
+
+        def part(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.from_numpy(np.array(x[:, None])), torch.from_numpy(np.array(y))
+
+        return {
+            "train": part(train_x[keep], train_y[keep]),
+            "val": part(train_x[held], train_y[held]),
+            "test": part(test_x, test_y),
+        }
+
+
+class FashionMNISTDataModule(_IdxDataModule):
+    torchvision_folder = "FashionMNIST"
+    class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    how_to_get = (
+        "Offline fix: `apt-get install dataset-fashion-mnist` and pass data.root=/usr/share/datasets/fashion-mnist, "
+        "or copy the four files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into data.root."
+    )
+
+    def __init__(self, name: str = "fashion_mnist", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+
+
+class MNISTDataModule(_IdxDataModule):
+    torchvision_folder = "MNIST"
+    class_names = [str(i) for i in range(10)]
+    how_to_get = (
+        "Offline fix: copy the four files (from a machine with a network, e.g. "
+        "torchvision.datasets.MNIST(root, download=True)) into data.root."
+    )
+
+    def __init__(self, name: str = "mnist", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
