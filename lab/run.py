@@ -50,7 +50,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print_config_tree(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     scheduler = None
@@ -76,6 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    # Everything is built and checked: only now write into the run folder.
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if hasattr(datamodule, "save_artifacts"):
+        datamodule.save_artifacts(run_dir)
 
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
@@ -113,8 +117,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (LabError, InstantiationException, ValueError) as err:
-        message = str(err).strip().splitlines()
-        print_error(message[-1] if isinstance(err, InstantiationException) and message else " ".join(message))
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if isinstance(cause, (LabError, ValueError)):
+            message = str(cause)  # our own messages already name the key and the fix
+        else:  # e.g. an unknown argument: Hydra's text names the target and the config key
+            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print_error(" ".join(message.split()))
         sys.exit(2)
     return metrics.get("val/top1_best")
 

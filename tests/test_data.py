@@ -14,7 +14,7 @@ from lab.data.digits import DigitsDataModule
 from lab.data.idx import read_idx
 from lab.data.memory import TensorBatchLoader
 from lab.data.mnist import FILES, FashionMNISTDataModule, MNISTDataModule
-from lab.errors import DataNotFoundError
+from lab.errors import ConfigError, DataNotFoundError
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -59,9 +59,9 @@ def test_digits_split_is_stratified_disjoint_and_fixed():
 
 
 def test_digits_rejects_bad_fractions():
-    with pytest.raises(ValueError, match="val_fraction"):
+    with pytest.raises(ConfigError, match="val_fraction"):
         DigitsDataModule(val_fraction=1.5)
-    with pytest.raises(ValueError, match="must be < 1"):
+    with pytest.raises(ConfigError, match="must be < 1"):
         DigitsDataModule(val_fraction=0.6, test_fraction=0.5)
 
 
@@ -117,22 +117,21 @@ def test_missing_files_give_one_clear_error(tmp_path):
 def test_batch_loader_covers_every_sample_once_and_is_seeded():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).repeat(1, 1, 2, 2)
     labels = torch.arange(10)
-    loader = TensorBatchLoader(images, labels, batch_size=4, mean=[0.0], std=[1.0], shuffle=True, seed=3)
+    loader = TensorBatchLoader(images, labels, batch_size=4, shuffle=True, seed=3)
     assert len(loader) == 3
     first = torch.cat([y for _, y in loader])
     second = torch.cat([y for _, y in loader])
     assert sorted(first.tolist()) == list(range(10)) and sorted(second.tolist()) == list(range(10))
     assert first.tolist() != second.tolist()  # a new order each epoch
-    replay = TensorBatchLoader(images, labels, batch_size=4, mean=[0.0], std=[1.0], shuffle=True, seed=3)
+    replay = TensorBatchLoader(images, labels, batch_size=4, shuffle=True, seed=3)
     assert torch.cat([y for _, y in replay]).tolist() == first.tolist()
-    x, y = next(iter(TensorBatchLoader(images, labels, batch_size=4, mean=[0.5], std=[0.25])))
-    expected = (y.float() / 255 - 0.5) / 0.25
-    assert torch.allclose(x[:, 0, 0, 0], expected)
+    x, y = next(iter(TensorBatchLoader(images, labels, batch_size=4)))
+    assert x.dtype == torch.uint8 and torch.equal(x[:, 0, 0, 0], y.to(torch.uint8))  # images travel as uint8
 
 
 def test_batch_loader_drops_a_lone_last_training_sample():
     images = torch.zeros(9, 1, 2, 2, dtype=torch.uint8)
-    loader = TensorBatchLoader(images, torch.zeros(9, dtype=torch.long), batch_size=4, mean=[0], std=[1], shuffle=True)
+    loader = TensorBatchLoader(images, torch.zeros(9, dtype=torch.long), batch_size=4, shuffle=True)
     assert [len(y) for _, y in loader] == [4, 4]
-    evaluation = TensorBatchLoader(images, torch.zeros(9, dtype=torch.long), batch_size=4, mean=[0], std=[1])
+    evaluation = TensorBatchLoader(images, torch.zeros(9, dtype=torch.long), batch_size=4)
     assert [len(y) for _, y in evaluation] == [4, 4, 1]

@@ -7,6 +7,7 @@ import torch
 
 from lab.data.memory import InMemoryClassificationData
 from lab.data.splits import stratified_split
+from lab.errors import ConfigError
 
 
 class DigitsDataModule(InMemoryClassificationData):
@@ -21,20 +22,20 @@ class DigitsDataModule(InMemoryClassificationData):
     def __init__(
         self,
         name: str = "digits",
-        batch_size: int = 64,
-        eval_batch_size: int | None = 512,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 0,
-        seed: int = 0,
+        **common,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        common.setdefault("batch_size", 64)
+        common.setdefault("eval_batch_size", 512)
+        super().__init__(**common)
         self.name = name
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 < float(value) < 1.0:
-                raise ValueError(f"data.{key} must be in (0, 1), got {value}")
+                raise ConfigError(f"data.{key} must be in (0, 1), got {value}")
         if val_fraction + test_fraction >= 1.0:
-            raise ValueError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
+            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got {val_fraction + test_fraction}")
         self.val_fraction = float(val_fraction)
         self.test_fraction = float(test_fraction)
         self.split_seed = int(split_seed)

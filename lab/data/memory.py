@@ -1,22 +1,35 @@
-"""Datasets small enough to live in memory as one uint8 tensor.
+"""Classification datasets small enough to live in memory as one uint8 tensor.
 
-Batches are cut by index permutation and normalised as one tensor op per batch:
-no per-image Python and no DataLoader worker processes in the hot loop.
+The fast path (default): batches are cut from the uint8 tensor by index permutation,
+moved to the training device (the whole dataset goes to the GPU once when there is
+one), and augmented there as batched tensor ops in `on_after_batch_transfer`. No
+per-image Python and no worker processes in the hot loop.
+
+The standard path (`data.fast_path=false`): a DataLoader over the same arrays with
+per-image torchvision transforms on PIL images in worker processes.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import csv
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 
+from lab.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, as_size, per_sample_transform
+from lab.data.noise import apply_noise
+from lab.errors import ConfigError
+
+AUGMENT_KEYS = {"crop_padding", "hflip", "cutout"}
+
 
 class TensorBatchLoader:
-    """Iterates (images, labels) batches over in-memory uint8 images.
+    """Iterates (uint8 images, labels) batches over in-memory tensors.
 
     Shuffling uses a generator seeded with `seed + epoch`, so runs are repeatable.
-    Images are converted to float and normalised with `mean`/`std` per batch.
     A final training batch of a single sample is dropped (BatchNorm cannot use it).
     """
 
@@ -25,8 +38,6 @@ class TensorBatchLoader:
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         shuffle: bool = False,
         seed: int = 0,
     ) -> None:
@@ -40,9 +51,6 @@ class TensorBatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
-        shape = (1, -1, 1, 1)
-        self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(shape)
-        self._shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(shape)
         n = len(images)
         self._num_batches = -(-n // self.batch_size)
         if shuffle and n > 1 and n % self.batch_size == 1:
@@ -51,29 +59,39 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         return self._num_batches
 
-    @property
-    def dataset_size(self) -> int:
-        return len(self.images)
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().mul_(self._scale).sub_(self._shift)
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
+        order = None
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = None
+            order = torch.randperm(n, generator=gen).to(self.images.device)
         self.epoch += 1
         for b in range(self._num_batches):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
+                yield self.images[lo:hi], self.labels[lo:hi]
             else:
                 idx = order[lo:hi]
-                x, y = self.images[idx], self.labels[idx]
-            yield self._normalise(x), y
+                yield self.images[idx], self.labels[idx]
+
+
+class _SampleDataset(torch.utils.data.Dataset):
+    """Per-image view of the uint8 arrays for the standard DataLoader path (PIL + torchvision)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images = images.numpy()
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        array = self.images[i]
+        img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+        return self.transform(img), self.labels[i]
 
 
 class InMemoryClassificationData(L.LightningDataModule):
@@ -81,20 +99,59 @@ class InMemoryClassificationData(L.LightningDataModule):
 
     Subclasses implement `load()` returning {"train"|"val"|"test": (uint8 images
     [N, C, H, W], int64 labels [N])} and set `class_names`. Normalisation statistics
-    are measured on the training split.
+    are measured on the training split (or ImageNet's, `normalize: imagenet`).
+    Label noise, when asked for, is applied to the training split only, after val
+    has been carved out.
     """
 
     name: str = "data"
     class_names: list[str] = []
+    # Standard asymmetric-noise pairs (source class -> target class), by name.
+    noise_pairs: Mapping[str, str] | None = None
 
-    def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        fast_path: bool = True,
+        num_workers: int = 2,
+        normalize: str = "dataset",
+        augment: Mapping[str, Any] | None = None,
+        resize: int | Sequence[int] | None = None,
+        to_rgb: bool = False,
+        noise_ratio: float = 0.0,
+        noise_type: str = "symmetric",
+        noise_seed: int | None = None,
+        noise_mapping: Mapping | None = None,
+    ) -> None:
         super().__init__()
         if int(batch_size) <= 0:
-            raise ValueError(f"data.batch_size must be a positive integer, got {batch_size}")
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size}")
+        if eval_batch_size is not None and int(eval_batch_size) <= 0:
+            raise ConfigError(f"data.eval_batch_size must be a positive integer, got {eval_batch_size}")
+        if normalize not in ("dataset", "imagenet", "none"):
+            raise ConfigError(f"data.normalize must be dataset, imagenet or none, got {normalize!r}")
+        unknown = set(augment or {}) - AUGMENT_KEYS
+        if unknown:
+            raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; known: {sorted(AUGMENT_KEYS)}")
+        if not 0.0 <= float(noise_ratio) < 1.0:
+            raise ConfigError(f"data.noise_ratio must be in [0, 1), got {noise_ratio}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.seed = seed
+        self.seed = int(seed)
+        self.fast_path = bool(fast_path)
+        self.num_workers = int(num_workers)
+        self.normalize = normalize
+        self.augment = {"crop_padding": 0, "hflip": False, "cutout": 0, **dict(augment or {})}
+        self.resize = as_size(resize)
+        self.to_rgb = bool(to_rgb)
+        self.noise_ratio = float(noise_ratio)
+        self.noise_type = noise_type
+        self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
+        self.noise_mapping = noise_mapping
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.clean_train_labels: torch.Tensor | None = None
         self.mean: list[float] = []
         self.std: list[float] = []
 
@@ -109,12 +166,17 @@ class InMemoryClassificationData(L.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
+        """Channels the model sees (3 when grey images are expanded with to_rgb)."""
         self._ensure_loaded()
-        return int(self.splits["train"][0].shape[1])
+        channels = int(self.splits["train"][0].shape[1])
+        return 3 if self.to_rgb else channels
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """Height and width the model sees (after `resize`)."""
         self._ensure_loaded()
+        if self.resize is not None:
+            return self.resize
         h, w = self.splits["train"][0].shape[-2:]
         return int(h), int(w)
 
@@ -130,7 +192,7 @@ class InMemoryClassificationData(L.LightningDataModule):
         self._ensure_loaded()
         return {k: len(v[1]) for k, v in self.splits.items()}
 
-    # --- Lightning hooks ---------------------------------------------------------
+    # --- loading -----------------------------------------------------------------
     def _ensure_loaded(self) -> None:
         if self.splits:
             return
@@ -138,32 +200,106 @@ class InMemoryClassificationData(L.LightningDataModule):
         for key in ("train", "val", "test"):
             if key not in splits:
                 raise KeyError(f"{type(self).__name__}.load() returned no '{key}' split")
+        channels = int(splits["train"][0].shape[1])
+        if self.normalize == "dataset":
+            self.mean, self.std = _channel_stats(splits["train"][0])
+        elif self.normalize == "imagenet":
+            if channels == 3:
+                self.mean, self.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+            else:  # grey images fed to ImageNet models: the mean of ImageNet's statistics
+                self.mean, self.std = [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+        else:
+            self.mean, self.std = [0.0] * channels, [1.0] * channels
+        if self.noise_ratio > 0:
+            images, clean = splits["train"]
+            noisy = apply_noise(clean, self.class_names, self.noise_ratio, self.noise_type, self.noise_seed,
+                                self.noise_mapping or self.noise_pairs)
+            self.clean_train_labels = clean
+            splits = {**splits, "train": (images, noisy)}
         self.splits = splits
-        train = splits["train"][0].float().div_(255.0)
-        self.mean = train.mean(dim=(0, 2, 3)).tolist()
-        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
 
     def setup(self, stage: str | None = None) -> None:
         self._ensure_loaded()
 
-    def _loader(self, split: str, train: bool) -> TensorBatchLoader:
+    def save_artifacts(self, run_dir: str | Path) -> None:
+        """label_noise.csv: index in the training split, original label, noisy label."""
+        if self.clean_train_labels is None:
+            return
+        noisy = self.splits["train"][1]
+        changed = (noisy != self.clean_train_labels).nonzero().flatten().tolist()
+        with open(Path(run_dir) / "label_noise.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["train_index", "original", "noisy", "original_name", "noisy_name"])
+            for i in changed:
+                a, b = int(self.clean_train_labels[i]), int(noisy[i])
+                writer.writerow([i, a, b, self.class_names[a], self.class_names[b]])
+
+    # --- batches -----------------------------------------------------------------
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _transform_args(self, train: bool) -> dict[str, Any]:
+        args = dict(self.augment) if train else {}
+        return {**args, "resize": self.resize, "to_rgb": self.to_rgb}
+
+    def _loader(self, split: str, train: bool):
         self._ensure_loaded()
         images, labels = self.splits[split]
-        return TensorBatchLoader(
-            images,
-            labels,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            mean=self.mean,
-            std=self.std,
-            shuffle=train,
-            seed=self.seed,
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if self.fast_path:
+            device = self._device()
+            if device.type == "cuda" and images.device != device:  # the dataset moves to the GPU once
+                self.splits[split] = (images.to(device), labels.to(device))
+                images, labels = self.splits[split]
+            return TensorBatchLoader(images, labels, batch_size, shuffle=train, seed=self.seed)
+        transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
+                                         **self._transform_args(train))
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.utils.data.DataLoader(
+            _SampleDataset(images, labels, transform), batch_size=batch_size, shuffle=train, generator=gen,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), drop_last=train and len(labels) % batch_size == 1,
         )
 
-    def train_dataloader(self) -> TensorBatchLoader:
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Fast path: uint8 batches become augmented, normalised floats on the device."""
+        x, y = batch
+        if x.dtype != torch.uint8:
+            return batch
+        training = bool(getattr(self, "trainer", None) and self.trainer.training)
+        return self.batch_transform(training)(x), y
+
+    def batch_transform(self, train: bool) -> BatchTransform:
+        """The fast path's transform for train (random) or val/test (deterministic) batches."""
+        if not hasattr(self, "_transforms"):
+            self._ensure_loaded()
+            self._transforms = {
+                flag: BatchTransform(self.mean, self.std, train=flag, seed=self.seed, **self._transform_args(flag))
+                for flag in (True, False)
+            }
+        return self._transforms[train]
+
+    def train_dataloader(self):
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> TensorBatchLoader:
+    def val_dataloader(self):
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> TensorBatchLoader:
+    def test_dataloader(self):
         return self._loader("test", train=False)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1], in chunks (no full float copy)."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk].to(torch.float64).div_(255.0)
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += part.pow(2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.clamp_min(1e-6).tolist()

@@ -36,13 +36,11 @@ class _IdxDataModule(InMemoryClassificationData):
         name: str,
         root: str = "data",
         download: bool = True,
-        batch_size: int = 128,
-        eval_batch_size: int | None = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
-        seed: int = 0,
+        **common,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed)
+        super().__init__(**common)
         self.name = name
         self.root = Path(root).expanduser()
         self.download = download
@@ -94,7 +92,8 @@ class _IdxDataModule(InMemoryClassificationData):
         train_x, train_y = arrays["train_images"], arrays["train_labels"].astype(np.int64)
         test_x, test_y = arrays["test_images"], arrays["test_labels"].astype(np.int64)
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-            raise DataNotFoundError(f"{self.name}: image and label files disagree in length in {files['train_images'].parent}")
+            folder = files["train_images"].parent
+            raise DataNotFoundError(f"{self.name}: image and label files disagree in length in {folder}")
         keep, held = stratified_split(train_y, self.val_size, self.split_seed)
 
         def part(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +108,9 @@ class _IdxDataModule(InMemoryClassificationData):
 
 class FashionMNISTDataModule(_IdxDataModule):
     torchvision_folder = "FashionMNIST"
-    class_names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    class_names = [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+    ]
     how_to_get = (
         "Offline fix: `apt-get install dataset-fashion-mnist` and pass data.root=/usr/share/datasets/fashion-mnist, "
         "or copy the four files from https://github.com/zalandoresearch/fashion-mnist (data/fashion) into data.root."
