@@ -35,15 +35,14 @@ def as_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero-pad each image by `padding` and crop it back at a random offset: a random
-    translation by up to `padding` pixels, done for the whole batch with one gather."""
+    translation by up to `padding` pixels. The (2p+1)^2 windows are a strided view
+    (unfold), so the whole batch is cut with one gather and no per-image Python."""
     n, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n, 1, 1), device=x.device, generator=generator)
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + dy
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + dx
-    batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (n, c, 2p+1, 2p+1, h, w), no copy
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=generator)
+    return windows[torch.arange(n, device=x.device), :, dy, dx]
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
