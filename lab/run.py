@@ -92,8 +92,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
-    metrics["epochs"] = int(trainer.current_epoch)
+    # A task whose epoch is not a Lightning epoch (regression: one full-batch step) counts its own.
+    metrics["epochs"] = int(getattr(task, "epochs_completed", trainer.current_epoch))
     metrics["seed"] = int(cfg.seed)
+    if getattr(task, "best_epoch", None) is not None:
+        metrics["best_epoch"] = int(task.best_epoch)
 
     if trainer.is_global_zero:
         if not trainer.fast_dev_run:
@@ -122,9 +125,25 @@ def main(cfg: DictConfig) -> float | None:
             message = str(cause)  # our own messages already name the key and the fix
         else:  # e.g. an unknown argument: Hydra's text names the target and the config key
             message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print_error(" ".join(message.split()))
+        message = " ".join(message.split())
+        print_error(message)
+        _record_failure(cfg, message, err)
         sys.exit(2)
+    except Exception as err:  # a crash: leave its first line where lab.report looks, then re-raise
+        _record_failure(cfg, " ".join(str(err).split()) or type(err).__name__, err)
+        raise
     return metrics.get("val/top1_best")
+
+
+def _record_failure(cfg: DictConfig, message: str, err: BaseException) -> None:
+    """error.json in the run folder: {"status": "failed", "error": <one line>, "type": <class>}."""
+    from lab.utils.io import write_json
+
+    try:
+        write_json(Path(cfg.paths.output_dir) / "error.json",
+                   {"status": "failed", "error": message, "type": type(err).__name__})
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

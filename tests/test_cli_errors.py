@@ -30,3 +30,13 @@ def test_scheduler_keys_without_a_scheduler_are_refused(tmp_path):
     result = run_cli(["experiment=cnn_fashionmnist", "scheduler=none", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert result.returncode == 2
     assert "no scheduler is chosen" in _error_line(result)
+
+
+def test_failure_is_recorded_in_error_json(tmp_path):
+    import json
+
+    result = run_cli(["model.dropout=1.5", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 2
+    record = json.loads((tmp_path / "run" / "error.json").read_text())
+    assert record["status"] == "failed" and "model.dropout" in record["error"]
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -245,7 +245,7 @@ def test_bad_noise_ratio_stops_before_any_write(tmp_path):
     assert "data.noise_ratio must be in [0, 1), got 1.5" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     written = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
-    assert set(written) <= {".hydra", "run.log"}, written  # only Hydra's own record of the attempt
+    assert set(written) <= {".hydra", "run.log", "error.json"}, written  # only the record of the attempt
 
 
 # --- archives ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ def test_metrics_json_holds_the_final_metrics(quick_run):
         assert 0.0 <= saved[key] <= (1.0 if "top" in key else 50.0), (key, saved[key])
     assert saved["seed"] == 7 and saved["epochs"] == 2
     assert saved["val/top1_best"] >= saved["val/top1"] - 1e-9
+    assert saved["best_epoch"] in (0, 1)
     assert saved["val/top5"] >= saved["val/top1"]
     assert saved == pytest.approx(metrics)
 

@@ -66,6 +66,7 @@ class ClassificationTask(L.LightningModule):
         self.val_acc = accuracies("val/")
         self.test_acc = accuracies("test/")
         self.val_top1_best = MaxMetric()
+        self.best_epoch: int | None = None  # epoch of the best val/top1 (metrics.json: best_epoch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -110,6 +111,8 @@ class ClassificationTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         top1 = self.val_acc["top1"].compute()
+        if not self.trainer.sanity_checking and (self.best_epoch is None or top1 > self.val_top1_best.compute()):
+            self.best_epoch = self.current_epoch
         self.val_top1_best.update(top1)
         self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)
 
