@@ -15,6 +15,37 @@ from torchmetrics.classification import MulticlassAccuracy
 from lab.errors import ConfigError
 
 
+class SquaredErrorLoss(nn.Module):
+    """Squared error between softmax(logits) and the one-hot target.
+
+    `reduction="sum"`: summed over classes (the per-sample SSE), averaged over the
+    batch so the loss scale does not depend on the batch size; `"mean"`: also averaged
+    over classes (MSE = SSE / num_classes)."""
+
+    def __init__(self, reduction: str) -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=1)
+        onehot = torch.nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
+        per_sample = (probs - onehot).pow(2).sum(dim=1)
+        if self.reduction == "mean":
+            per_sample = per_sample / probs.shape[1]
+        return per_sample.mean()
+
+
+def make_loss(kind: str, label_smoothing: float = 0.0) -> nn.Module:
+    """task.loss: cross_entropy (with label smoothing), sse or mse (softmax vs one-hot)."""
+    if kind == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if kind in ("sse", "mse"):
+        if label_smoothing:
+            raise ConfigError(f"task.label_smoothing applies to cross_entropy, not task.loss={kind}")
+        return SquaredErrorLoss("sum" if kind == "sse" else "mean")
+    raise ConfigError(f"task.loss must be cross_entropy, sse or mse, got {kind!r}")
+
+
 class ClassificationTask(L.LightningModule):
     """Wraps any nn.Module that maps images to class logits.
 
@@ -36,6 +67,7 @@ class ClassificationTask(L.LightningModule):
         top_k: int = 5,
         scheduler_monitor: str = "val/top1",
         channels_last: bool = False,
+        loss: str = "cross_entropy",
     ) -> None:
         super().__init__()
         if not 0.0 <= float(label_smoothing) < 1.0:
@@ -49,7 +81,7 @@ class ClassificationTask(L.LightningModule):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.scheduler_monitor = scheduler_monitor
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+        self.criterion = make_loss(loss, float(label_smoothing))
         self.top_k = int(top_k)
         self.channels_last = bool(channels_last)
 

@@ -1,0 +1,46 @@
+"""The plain CNN of the depth/dropout/normalisation studies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from lab.models.blocks import Head, check_dropout, conv_bn_relu
+
+
+class CNN(nn.Module):
+    """Stem (5x5 conv, `stem_width` channels, max-pool), then one stage per entry of
+    `widths`: [3x3 conv, 3x3 conv, max-pool] (the pool is skipped once the map is
+    1 pixel). Depth = 2 x len(widths) conv layers: 64-128-256-512 is the 8-layer net,
+    adding 1024 and 2048 gives 10 and 12. Dropout `dropout_conv` after each stage,
+    `dropout_fc` in the head; `norm: batch|none`."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (64, 64),
+                 widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, hidden: int = 512,
+                 dropout_conv: float = 0.0, dropout_fc: float = 0.0, norm: str = "batch") -> None:
+        super().__init__()
+        check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
+        size = min(int(s) for s in image_size)
+        layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        prev = stem_width
+        for width in widths:
+            layers += [*conv_bn_relu(prev, int(width), 3, norm), *conv_bn_relu(int(width), int(width), 3, norm)]
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            if dropout_conv > 0:
+                layers.append(nn.Dropout2d(dropout_conv))
+            prev = int(width)
+        self.body = nn.Sequential(*layers)
+        self.head = Head(prev, num_classes, hidden=int(hidden), dropout=float(dropout_fc))
+        self.depth = 2 * len(widths)
+
+    def features(self, x):
+        return self.head.features(self.body(x))
+
+    def forward(self, x):
+        return self.head(self.body(x))

@@ -1,0 +1,67 @@
+"""The configurable ResNet of the depth and residual-vs-plain studies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from lab.models.blocks import Head, check_dropout, conv_bn_relu, norm2d
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv+BN with dropout between them; the shortcut is a 1x1 conv+BN
+    projection when the width changes. `residual=False` drops the shortcut (a plain
+    block of the same depth, for the residual ablation)."""
+
+    def __init__(self, cin: int, cout: int, norm: str, dropout: float, residual: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *conv_bn_relu(cin, cout, 3, norm), nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none"), norm2d(norm, cout),
+        )
+        self.residual = residual
+        if residual and cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=norm == "none"), norm2d(norm, cout))
+        else:
+            self.shortcut = nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.body(x)
+        return self.act(out + self.shortcut(x) if self.residual else out)
+
+
+class ResNet(nn.Module):
+    """Stem (5x5 conv, max-pool), one residual block per entry of `widths` with a
+    2x2 max-pool after each while the map is larger than 1 pixel, then the head
+    (hidden fc + classifier). Depth = 2 x len(widths) + 3 (stem, hidden fc, output):
+    4 widths = 11 layers, 6 = 15, 8 = 19."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (64, 64),
+                 widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, hidden: int = 512,
+                 dropout_conv: float = 0.0, dropout_fc: float = 0.0, norm: str = "batch",
+                 residual: bool = True) -> None:
+        super().__init__()
+        check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
+        size = min(int(s) for s in image_size)
+        layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        prev = stem_width
+        for width in widths:
+            layers.append(ResidualBlock(prev, int(width), norm, float(dropout_conv), bool(residual)))
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            prev = int(width)
+        self.body = nn.Sequential(*layers)
+        self.head = Head(prev, num_classes, hidden=int(hidden), dropout=float(dropout_fc))
+        self.depth = 2 * len(widths) + 3
+
+    def features(self, x):
+        return self.head.features(self.body(x))
+
+    def forward(self, x):
+        return self.head(self.body(x))
