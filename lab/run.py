@@ -24,7 +24,8 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
 
     if "name" in node and "_target_" in node:
-        node = OmegaConf.masked_copy(node, [k for k in node if k != "name"])
+        # Resolve first: a detached copy would lose interpolations into the rest of the config.
+        node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"})
     return instantiate(node, _convert_="all", **kwargs)
 
 
@@ -152,4 +153,14 @@ if __name__ == "__main__":
 
         print(help_text(config_dir()), end="")
         sys.exit(0)
+    from lab.errors import LabError
+    from lab.sweeps import check_sweep
+
+    try:
+        check_sweep(sys.argv[1:], config_dir())
+    except LabError as err:
+        from lab.console import print_error
+
+        print_error(str(err))
+        sys.exit(2)
     main()

@@ -53,13 +53,40 @@ def test_experiment_overrides_groups(tmp_path):
     assert cfg.trainer.max_epochs == 7 and cfg.optimizer.lr == 0.5
 
 
-def test_sweep_files_set_sweeper_params(tmp_path):
-    for path in sorted((CONF / "sweep").glob("*.yaml")):
-        cfg = compose([f"sweep={path.stem}"], output_dir=tmp_path)
-        params = cfg.hydra.sweeper.params
-        assert params, f"{path} sets no hydra.sweeper.params"
-        for key in params:
-            assert OmegaConf.select(cfg, key) is not None or key == "seed", f"{path}: {key} is not a config key"
+# A config with the knob each sweep turns (the sweep's intended study).
+SWEEP_TARGETS = {
+    "augmentation": ["experiment=resnet18_cifar100"], "decay_factor": ["experiment=resnet18_cifar100"],
+    "depth": ["experiment=cnn_tinyimagenet"], "depth_resnet": ["experiment=resnet_tinyimagenet"],
+    "dropout": ["experiment=cnn_fashionmnist"], "epochs": ["experiment=mlp_function"], "lr": [],
+    "momentum": ["experiment=basecnn_imagefolder"], "noise_ratio": [], "normalization": [],
+    "residual": ["experiment=resnet_tinyimagenet"], "seeds": [],
+}
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
+def test_sweep_matches_its_study(sweep):
+    from lab.sweeps import check_sweep
+
+    assert sweep in SWEEP_TARGETS, f"add conf/sweep/{sweep}.yaml's study to SWEEP_TARGETS"
+    params = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
+    assert params, f"{sweep}.yaml sets no hydra.sweeper.params"
+    check_sweep(["-m", f"sweep={sweep}", *SWEEP_TARGETS[sweep]], str(CONF))
+
+
+def test_sweep_without_its_knob_is_refused_in_one_line():
+    from lab.errors import ConfigError
+    from lab.sweeps import check_sweep
+
+    with pytest.raises(ConfigError, match="sweep=momentum sets optimizer.momentum, which this config"):
+        check_sweep(["-m", "sweep=momentum", "optimizer=adam"], str(CONF))
+    with pytest.raises(ConfigError, match="available sweeps: .*dropout"):
+        check_sweep(["-m", "sweep=nope"], str(CONF))
+
+
+def test_dropout_pairs():
+    pairs = sorted((float(c.model.dropout_conv), float(c.model.dropout_fc))
+                   for c in (OmegaConf.load(p) for p in (CONF / "dropout").glob("*.yaml")))
+    assert pairs == [(0, 0), (0.1, 0.1), (0.1, 0.3), (0.2, 0.2), (0.2, 0.5), (0.3, 0.7)]
 
 
 def test_scheduler_none_is_null(tmp_path):

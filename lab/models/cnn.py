@@ -8,19 +8,29 @@ from torch import nn
 
 from lab.models.blocks import Head, check_dropout, conv_bn_relu
 
+WIDTH_LADDER = (64, 128, 256, 512, 1024, 2048, 4096)
+
 
 class CNN(nn.Module):
     """Stem (5x5 conv, `stem_width` channels, max-pool), then one stage per entry of
     `widths`: [3x3 conv, 3x3 conv, max-pool] (the pool is skipped once the map is
     1 pixel). Depth = 2 x len(widths) conv layers: 64-128-256-512 is the 8-layer net,
     adding 1024 and 2048 gives 10 and 12. Dropout `dropout_conv` after each stage,
-    `dropout_fc` in the head; `norm: batch|none`."""
+    `dropout_fc` in the head; `norm: batch|none`. `depth` (8, 10, 12), when set,
+    replaces `widths` by the first depth/2 entries of 64-128-256-512-1024-2048."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (64, 64),
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, hidden: int = 512,
-                 dropout_conv: float = 0.0, dropout_fc: float = 0.0, norm: str = "batch") -> None:
+                 dropout_conv: float = 0.0, dropout_fc: float = 0.0, norm: str = "batch",
+                 depth: int | None = None) -> None:
         super().__init__()
         check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
+        if depth is not None:  # the depth study: 8, 10, 12 layers = 4, 5, 6 stages of the width ladder
+            if depth < 2 or depth % 2 or depth // 2 > len(WIDTH_LADDER):
+                raise ValueError(
+                    f"model.depth for cnn must be even, 2..{2 * len(WIDTH_LADDER)} (8, 10, 12), got {depth}"
+                )
+            widths = WIDTH_LADDER[: depth // 2]
         size = min(int(s) for s in image_size)
         layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
         if size >= 2:

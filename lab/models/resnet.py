@@ -36,14 +36,21 @@ class ResNet(nn.Module):
     """Stem (5x5 conv, max-pool), one residual block per entry of `widths` with a
     2x2 max-pool after each while the map is larger than 1 pixel, then the head
     (hidden fc + classifier). Depth = 2 x len(widths) + 3 (stem, hidden fc, output):
-    4 widths = 11 layers, 6 = 15, 8 = 19."""
+    4 widths = 11 layers, 6 = 15, 8 = 19. `depth`, when set, takes that many blocks
+    (repeating the last width)."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (64, 64),
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, hidden: int = 512,
                  dropout_conv: float = 0.0, dropout_fc: float = 0.0, norm: str = "batch",
-                 residual: bool = True) -> None:
+                 residual: bool = True, depth: int | None = None) -> None:
         super().__init__()
         check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
+        if depth is not None:  # the depth study: 11, 15, 19 layers = 4, 6, 8 blocks
+            if depth < 5 or (depth - 3) % 2:
+                raise ValueError(f"model.depth for resnet must be 2n+3 (11, 15, 19), got {depth}; "
+                                 "the cnn depth sweep is sweep=depth, the resnet one sweep=depth_resnet")
+            n = (depth - 3) // 2
+            widths = list(widths[:n]) + [int(widths[-1])] * max(0, n - len(widths))
         size = min(int(s) for s in image_size)
         layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
         if size >= 2:

@@ -20,9 +20,11 @@ class SmallCNN(nn.Module):
     """Stages of `convs_per_stage` x (3x3 conv, norm, ReLU) then 2x2 max-pool.
 
     The pool is skipped once the feature map is 1 pixel wide, so the same model fits
-    8x8 digits and 32x32 CIFAR. Global average pool, then a hidden layer with
-    dropout, then the linear classifier. `features(x)` returns the penultimate
-    features (used for embeddings and feature pictures).
+    8x8 digits and 32x32 CIFAR; `dropout_conv` (Dropout2d) follows each stage.
+    `pool: avg` averages the last map globally (any image size); `pool: flatten`
+    keeps its spatial layout (more accurate on 28x28 garments). Then a hidden layer
+    with dropout (`dropout`, alias `dropout_fc`) and the linear classifier.
+    `features(x)` returns the penultimate features (for embeddings and pictures).
     """
 
     def __init__(
@@ -36,11 +38,16 @@ class SmallCNN(nn.Module):
         dropout: float = 0.2,
         norm: str = "batch",
         pool: str = "avg",
+        dropout_conv: float = 0.0,
+        dropout_fc: float | None = None,
         name: str = "small_cnn",
     ) -> None:
         super().__init__()
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        if dropout_fc is not None:  # the name the dropout-pair sweep sets; `dropout` is its short alias
+            dropout = dropout_fc
+        for key, value in (("dropout", dropout), ("dropout_conv", dropout_conv)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"model.{key} must be in [0, 1), got {value}")
         if not channels:
             raise ValueError("model.channels must list at least one stage width")
         layers: list[nn.Module] = []
@@ -54,6 +61,8 @@ class SmallCNN(nn.Module):
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
                 size //= 2
+            if dropout_conv > 0:
+                layers.append(nn.Dropout2d(float(dropout_conv)))
         self.body = nn.Sequential(*layers)
         if pool == "avg":
             self.pool, flat = nn.AdaptiveAvgPool2d(1), prev
