@@ -38,7 +38,6 @@ def run_notebook(path: str | os.PathLike, env: Mapping[str, str] | None = None, 
         kernel_env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-            "MPLBACKEND": "Agg",
             "IPYTHONDIR": str(Path(tmp) / "ipython"),
             "JUPYTER_RUNTIME_DIR": str(Path(tmp) / "runtime"),
             **(env or {}),
