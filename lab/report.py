@@ -336,6 +336,7 @@ class Table:
     params: list[str]
     metrics: list[str]
     jobs: list[Job]
+    sort: tuple[str, bool] | None = None  # (key, ascending) when rows are sorted
 
     @property
     def columns(self) -> list[str]:
@@ -372,6 +373,8 @@ class Table:
         import shlex
 
         lines = [f"Sweep `{self.sweep.path.name}`: {self.sweep.summary()}"]
+        if self.sort:
+            lines[0] += f", sorted by {self.sort[0]} ({'ascending' if self.sort[1] else 'descending'})"
         if self.sweep.command:
             lines.append(f"Command: `python -m lab.run -m {' '.join(shlex.quote(o) for o in self.sweep.command)}`")
         if self.sweep.fixed and self.sweep.varying:
@@ -404,9 +407,12 @@ class Table:
         return out.getvalue()
 
     def to_rich(self):
+        """The heading lines and the table, as one rich renderable."""
+        from rich.console import Group
         from rich.table import Table as RichTable
+        from rich.text import Text
 
-        table = RichTable(title="\n".join(self.heading()), title_justify="left", header_style="bold")
+        table = RichTable(header_style="bold")
         for column in self.columns:
             numeric = column == "job" or column in self.metrics
             table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "status",
@@ -416,7 +422,7 @@ class Table:
             cells = self.cells(job)
             cells[-1] = f"[{styles[job.status]}]{_escape(cells[-1])}[/]"
             table.add_row(*cells[:-1], cells[-1])
-        return table
+        return Group(*(Text(line) for line in self.heading()), table)
 
 
 def _escape(text: str) -> str:
@@ -487,11 +493,12 @@ def build_table(sweep: Sweep, metrics: list[str] | None = None, sort: str | None
     """
     table = Table(sweep, sweep.varying, select_metrics(sweep, metrics), list(sweep.jobs))
     if sort:
-        table.jobs = _sorted(table, sort, reverse)
+        table.jobs, ascending = _sorted(table, sort, reverse)
+        table.sort = (sort, ascending)
     return table
 
 
-def _sorted(table: Table, key: str, reverse: bool) -> list[Job]:
+def _sorted(table: Table, key: str, reverse: bool) -> tuple[list[Job], bool]:
     sweep = table.sweep
     if key == "job":
         values = {id(job): job.num for job in table.jobs}
@@ -511,9 +518,9 @@ def _sorted(table: Table, key: str, reverse: bool) -> list[Job]:
 
     present = [job for job in table.jobs if usable(values[id(job)])]
     absent = [job for job in table.jobs if not usable(values[id(job)])]
-    present.sort(key=lambda job: (isinstance(values[id(job)], str), values[id(job)]),
-                 reverse=descending != reverse)
-    return present + absent
+    descending = descending != reverse
+    present.sort(key=lambda job: (isinstance(values[id(job)], str), values[id(job)]), reverse=descending)
+    return present + absent, not descending
 
 
 def _maybe_float(value: str | None) -> float | str | None:
@@ -569,7 +576,7 @@ def figure(table: Table, metric: str, x: str):
             points.append((job, job.params.get(x, ""), float(value)))
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
-    all_x = [job.params.get(x, "") for job in table.jobs]
+    all_x = [job.params.get(x, "") for job in table.sweep.jobs]  # launch order, whatever the table's sort
     numeric = all(isinstance(_maybe_float(v), float) for v in all_x)
     categories = list(dict.fromkeys(all_x))
     series: dict[str, list[tuple[Any, float]]] = {}
@@ -592,7 +599,8 @@ def figure(table: Table, metric: str, x: str):
             pad = 0.06 * (hi - lo) or 0.5
             ax.set_xlim(*((10 ** (lo - pad), 10 ** (hi + pad)) if log else (lo - pad, hi + pad)))
     else:
-        ax.set_xticks(range(len(categories)), categories)
+        long = sum(len(c) for c in categories) > 40
+        ax.set_xticks(range(len(categories)), categories, rotation=25 if long else 0, ha="right" if long else "center")
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {x}  ({len(points)} of {len(table.jobs)} jobs)", fontsize=10)

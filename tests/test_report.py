@@ -193,7 +193,9 @@ def test_sort_best_first_by_metric_ascending_by_parameter(partial_sweep):
         for i, (lr, d, top1, loss) in enumerate([("0.1", "0.0", 0.7, 0.3), ("0.1", "0.5", 0.9, 0.6),
                                                  ("0.01", "0.0", 0.8, 0.1), ("0.01", "0.5", 0.6, 0.9)])})
     sweep = load_sweep(path)
-    assert [j.num for j in build_table(sweep, sort="test/top1").jobs] == [1, 2, 0, 3]  # accuracy: highest first
+    by_top1 = build_table(sweep, sort="test/top1")
+    assert [j.num for j in by_top1.jobs] == [1, 2, 0, 3]  # accuracy: highest first
+    assert by_top1.to_markdown().startswith("Sweep `full`: 4 jobs: 4 ok, sorted by test/top1 (descending)")
     assert [j.num for j in build_table(sweep, sort="test/loss").jobs] == [2, 0, 1, 3]  # loss: lowest first
     assert [j.num for j in build_table(sweep, sort="test/loss", reverse=True).jobs] == [3, 1, 0, 2]
     assert [j.num for j in build_table(sweep, sort="optimizer.lr").jobs] == [2, 3, 0, 1]  # numeric, not text
@@ -310,6 +312,9 @@ def test_plot_one_png_per_metric_and_the_same_images_in_tensorboard(tmp_path):
     pngs = report.plot(table)  # x: model.norm (categorical), one line per learning rate
     assert [p.name for p in pngs] == ["plot_test_top1.png", "plot_test_loss.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    figure = report.figure(build_table(load_sweep(path), sort="test/top1"), "test/top1", "model.norm")
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == ["batch", "none"]  # categories in launch order, however the table is sorted
     report.plot(table, x="optimizer.lr")  # re-plotting replaces the report run rather than appending to it
     events = list((path / "report").glob("events.out.tfevents.*"))
     assert len(events) == 1
