@@ -10,7 +10,7 @@ metrics come only from each job's metrics.json.
 Columns: the job number, the overridden parameters that *vary* across jobs, the
 metrics, the status. Keys overridden to the same value for every job (fast-run
 limits, an `experiment=` choice) are printed once above the table instead, so a
-sweep of one knob reads as a two-column study however long its command line was;
+sweep of one knob has one parameter column however long its command line was;
 table.csv (for machines, full precision) keeps every overridden key as a column, plus
 the job folder, and splits status and error.
 
