@@ -129,6 +129,11 @@ def main(cfg: DictConfig) -> float | None:
         message = " ".join(message.split())
         print_error(message)
         _record_failure(cfg, message, err)
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and launches the next; the sweep still exits non-zero
         sys.exit(2)
     except Exception as err:  # a crash: leave its first line where lab.report looks, then re-raise
         _record_failure(cfg, " ".join(str(err).split()) or type(err).__name__, err)

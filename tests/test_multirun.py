@@ -18,7 +18,9 @@ from tests.conftest import QUICK, ROOT, run_cli
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sweep")
-    result = run_cli(["-m", "optimizer.lr=0.1,0.01", *QUICK, f"hydra.sweep.dir={out}"], cwd=out)
+    # The issue's own command: 1 epoch (limited batches keep it quick).
+    result = run_cli(["-m", "optimizer.lr=0.1,0.01", "trainer.max_epochs=1", *QUICK[1:], f"hydra.sweep.dir={out}"],
+                     cwd=out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 

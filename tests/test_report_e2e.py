@@ -23,10 +23,13 @@ FAILURE = "model.dropout must be in [0, 1), got 1.5"
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """Job 0 trains, job 1 fails at model build; job 2 runs if a failure does not stop the sweep."""
+    """Job 0 trains, job 1 fails at model build, job 2 still runs (a failed job does not stop
+    the sweep), and the sweep's exit status says that some job failed."""
     out = tmp_path_factory.mktemp("report_sweep")
     result = run_cli(["-m", "model.dropout=0.2,1.5,0.3", *FAST, f"hydra.sweep.dir={out}"], cwd=out)
     assert (out / "0" / "metrics.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "2" / "metrics.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode != 0
     return out
 
 
@@ -45,7 +48,7 @@ def test_report_of_a_real_sweep_with_a_failed_job(sweep_dir):
     for key in ("val/loss", "val/top1", "test/top1", "test/top5", "best_epoch", "wall_time_s"):
         assert float(rows[0][key]) == pytest.approx(float(metrics[key]))
     assert (rows[1]["status"], rows[1]["error"]) == ("failed", FAILURE)
-    assert rows[2]["status"] in ("ok", "missing")  # missing while a failed job still ends the sweep
+    assert rows[2]["status"] == "ok"
 
     md = (sweep_dir / "table.md").read_text()
     assert "| job | model.dropout | val/loss | val/top1 | val/top5 | test/loss | test/top1 | test/top5 |" in md

@@ -57,17 +57,29 @@ def test_scheduler_wiring_monitors_val_top1():
 
 def test_warmup_cosine_values():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = warmup_cosine(opt, max_epochs=6, warmup_epochs=2, warmup_start_factor=0.1)
+    sched = warmup_cosine(opt, max_epochs=20, warmup_epochs=2, warmup_start_factor=0.1)
     lrs = []
-    for _ in range(7):
+    for _ in range(21):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[1] == pytest.approx(0.55)
     assert lrs[2] == pytest.approx(1.0)
-    assert lrs[4] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert lrs[6] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[11] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[20] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_is_capped_at_a_tenth_of_the_run():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, max_epochs=1, warmup_epochs=2, steps_per_epoch=10)  # a 1-epoch run
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[1] == pytest.approx(1.0)  # warmup: 1 step of 10
+    assert lrs[9] < 0.05  # and the run still decays
 
 
 def test_small_cnn_shapes_and_bad_values():
