@@ -110,6 +110,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _quote_formulas(args: list[str]) -> list[str]:
+    """Put `data.expr=<formula>` in quotes for Hydra, which would read `cos(x)` in an unquoted
+    value as a call to one of its own override functions; a value already quoted is kept."""
+    quoted = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") == "data.expr" and value and not (
+            len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+        ):
+            arg = key + '="' + value.replace('"', '\\"') + '"'
+        quoted.append(arg)
+    return quoted
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; user errors print one line and exit with status 2."""
@@ -158,6 +172,7 @@ if __name__ == "__main__":
 
         print(help_text(config_dir()), end="")
         sys.exit(0)
+    sys.argv[1:] = _quote_formulas(sys.argv[1:])
     from lab.errors import LabError
     from lab.sweeps import check_sweep
 
