@@ -28,6 +28,8 @@ from torchmetrics import MeanSquaredError, MetricCollection, MinMetric, R2Score
 
 from lab.errors import ConfigError
 
+MONITORS = ("val/mse", "val/r2", "val/mse_best")
+
 
 class RegressionTask(L.LightningModule):
     """Wraps any nn.Module mapping x [N, d] to y [N, k], trained full-batch.
@@ -50,6 +52,8 @@ class RegressionTask(L.LightningModule):
         super().__init__()
         if int(chunk) < 1:
             raise ConfigError(f"task.chunk must be a positive number of epochs, got {chunk}")
+        if scheduler_monitor not in MONITORS:
+            raise ConfigError(f"task.scheduler_monitor must be one of {', '.join(MONITORS)}, got {scheduler_monitor!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.automatic_optimization = False
         self.model = model
@@ -153,13 +157,14 @@ class RegressionTask(L.LightningModule):
         self.val_mse_best.reset()
 
     def on_validation_epoch_end(self) -> None:
-        mse = self.val_metrics["mse"].compute()
-        self.val_mse_best.update(mse)
-        self.log("val/mse_best", self.val_mse_best.compute())
+        values = {key: metric.compute() for key, metric in self.val_metrics.items()}
+        self.val_mse_best.update(values["val/mse"])
+        values["val/mse_best"] = self.val_mse_best.compute()
+        self.log("val/mse_best", values["val/mse_best"])
         self._log_position()
         scheduler = self.lr_schedulers()
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.trainer.sanity_checking:
-            scheduler.step(mse)
+            scheduler.step(values[self.scheduler_monitor])
 
     def on_test_epoch_end(self) -> None:
         self._log_position()
@@ -178,5 +183,6 @@ class RegressionTask(L.LightningModule):
                 raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.scheduler_monitor}}
+        # Manual optimization: the task steps the schedule itself (per study epoch, or on
+        # scheduler_monitor after each validation), so Lightning gets no interval or monitor.
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}
