@@ -46,7 +46,7 @@ class RegressionTask(L.LightningModule):
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
-        chunk: int = 100,
+        chunk: int = 250,
         scheduler_monitor: str = "val/mse",
     ) -> None:
         super().__init__()

@@ -1,0 +1,154 @@
+"""Framework tax of function fitting: `experiment=mlp_function` through lab vs a plain PyTorch loop.
+
+Both do the same N full-batch Adam steps (default 1,000) of the 1-64-64-1 sigmoid MLP on
+the same 1,000 points of f2, from the same initial weights (seed 42, built by the same
+code), in this one process, alternating:
+
+- lab: lab.run.train, the function `python -m lab.run experiment=mlp_function` runs, on
+  the config that command composes, with logging, checkpoints, the progress bar and
+  the curve images at their defaults. Timed: trainer.fit (sanity check, training,
+  validation, checkpoints, TensorBoard, plots, the final PNG). Also printed: lab.run's
+  own wall_time_s, which adds the test of the best checkpoint.
+- plain: zero_grad / forward / MSE / backward / Adam step in a Python loop.
+
+Reported: the best of the repeats for each side, and their ratio (the medians' ratio too).
+The first pair is a warm-up, printed but not counted: the first run in a process also
+pays one-time lazy imports (TensorBoard's writer, Pillow's fonts) inside trainer.fit.
+The final training MSE of each run is printed: equal values show both did the same steps.
+One torch thread by default: on a 2-core machine that is doing anything else, torch's
+two OpenMP threads wait on each other and a run's time swings tenfold; both sides always
+use the same setting.
+    .venv/bin/python bench/function_fitting.py [--steps 1000] [--repeats 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OVERRIDES = ["experiment=mlp_function"]
+
+
+def compose(overrides: list[str], run_dir: Path | None = None):
+    """The config `python -m lab.run <overrides>` composes, with Hydra's runtime filled in."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lab.paths import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float, float, float]:
+    """(trainer.fit seconds, its CPU seconds, lab.run's wall_time_s, final train/mse) of one lab run."""
+    import lightning as L
+
+    from lab.run import train
+
+    fit_seconds: list[tuple[float, float]] = []
+    fit = L.Trainer.fit
+
+    def timed_fit(self, *args, **kwargs):
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            fit_seconds.append((time.perf_counter() - start, time.process_time() - cpu))
+
+    L.Trainer.fit = timed_fit
+    try:  # prints what `python -m lab.run` prints, progress bar included
+        metrics = train(compose(overrides, run_dir))
+    finally:
+        L.Trainer.fit = fit
+    return (*fit_seconds[0], float(metrics["wall_time_s"]), float(metrics["train/mse"]))
+
+
+def run_plain(overrides: list[str]) -> tuple[float, float, float]:
+    """(seconds, CPU seconds, final training MSE) of the same steps as a plain PyTorch loop."""
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = compose(overrides)
+    data = instantiate(cfg.data, seed=cfg.seed)
+    data.setup("fit")
+    x, y = data.splits["train"]
+    torch.manual_seed(cfg.seed)  # lab.run seeds, builds the data (its own generators), then the model
+    model = instantiate(cfg.model, **data.model_inputs()).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
+    loss_fn = torch.nn.MSELoss()
+    steps = int(cfg.trainer.max_epochs)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start, time.process_time() - cpu, loss.item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="full-batch steps (= study epochs)")
+    parser.add_argument("--repeats", type=int, default=5, help="lab/plain pairs after the warm-up")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both (0: torch's default, one per core)")
+    args = parser.parse_args()
+
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    overrides = [*OVERRIDES, f"trainer.max_epochs={args.steps}"]
+    runs: dict[str, list[float]] = {k: [] for k in ("fit", "fit_cpu", "wall", "plain", "plain_cpu")}
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="bench-function-") as tmp:
+        for rep in range(args.repeats + 1):
+            plain_s, plain_cpu, plain_mse = run_plain(overrides)
+            fit_s, fit_cpu, wall_s, lab_mse = run_lab(overrides, Path(tmp) / f"lab{rep}")
+            label = "warm-up " if rep == 0 else f"repeat {rep}"
+            lines.append(f"{label}: lab fit {fit_s:.3f} s (cpu {fit_cpu:.3f} s, with the test {wall_s:.3f} s, "
+                         f"train/mse {lab_mse:.6g})   plain {plain_s:.3f} s (cpu {plain_cpu:.3f} s, "
+                         f"mse {plain_mse:.6g})   ratio {fit_s / plain_s:.3f}")
+            if rep > 0:
+                for key, value in zip(runs, (fit_s, fit_cpu, wall_s, plain_s, plain_cpu)):
+                    runs[key].append(value)
+    print("\n" + "\n".join(lines))
+    # Best of the repeats: the machine's other work only ever adds time, so the minimum is the
+    # steadiest estimate of each side's own cost (the medians' ratio is printed too).
+    best = {key: min(values) for key, values in runs.items()}
+    print(f"\n{args.steps} full-batch Adam steps, 1-64-64-1 sigmoid MLP, 1,000 points; best of {args.repeats}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
+          f"{platform.processor() or platform.machine()}")
+    print(f"lab   (experiment=mlp_function, trainer.fit): {best['fit']:.3f} s   "
+          f"(CPU {best['fit_cpu']:.3f} s; with the test: {best['wall']:.3f} s)")
+    print(f"plain (PyTorch loop):                         {best['plain']:.3f} s   (CPU {best['plain_cpu']:.3f} s)")
+    print(f"lab / plain: {best['fit'] / best['plain']:.3f}  (target <= 1.2)   "
+          f"CPU time: {best['fit_cpu'] / best['plain_cpu']:.3f}   with the test: {best['wall'] / best['plain']:.3f}   "
+          f"medians: {statistics.median(runs['fit']) / statistics.median(runs['plain']):.3f}")
+
+
+if __name__ == "__main__":
+    main()
