@@ -20,10 +20,15 @@ def test_missing_dataset_names_the_folder_and_files(tmp_path):
     assert f"{tmp_path}/nowhere" in line and "train-images-idx3-ubyte.gz" in line
 
 
-def test_bad_dropout_is_refused(tmp_path):
+def test_bad_dropout_is_refused_and_recorded(tmp_path):
+    import json
+
     result = run_cli(["model.dropout=1.5", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert result.returncode == 2
     assert "model.dropout must be in [0, 1), got 1.5" in _error_line(result)
+    record = json.loads((tmp_path / "run" / "error.json").read_text())
+    assert record["status"] == "failed" and "model.dropout" in record["error"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_scheduler_keys_without_a_scheduler_are_refused(tmp_path):
@@ -31,12 +36,3 @@ def test_scheduler_keys_without_a_scheduler_are_refused(tmp_path):
     assert result.returncode == 2
     assert "no scheduler is chosen" in _error_line(result)
 
-
-def test_failure_is_recorded_in_error_json(tmp_path):
-    import json
-
-    result = run_cli(["model.dropout=1.5", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
-    assert result.returncode == 2
-    record = json.loads((tmp_path / "run" / "error.json").read_text())
-    assert record["status"] == "failed" and "model.dropout" in record["error"]
-    assert not (tmp_path / "run" / "metrics.json").exists()
