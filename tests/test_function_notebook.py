@@ -10,8 +10,9 @@ from tests.notebook_runner import run_notebook
 
 def test_function_fitting_notebook_executes(tmp_path):
     start = time.perf_counter()
-    notebook = run_notebook(ROOT / "notebooks" / "function_fitting.ipynb", env={"LAB_OUTPUT_DIR": str(tmp_path)},
-                            timeout=600)
+    # One torch thread: tiny nets, and on 2 busy cores two OpenMP threads wait on each other.
+    env = {"LAB_OUTPUT_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    notebook = run_notebook(ROOT / "notebooks" / "function_fitting.ipynb", env=env, timeout=600)
     elapsed = time.perf_counter() - start
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     text = "".join(out.get("text", "") for out in outputs)

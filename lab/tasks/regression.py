@@ -104,10 +104,11 @@ class RegressionTask(L.LightningModule):
         return max(0, min(self.chunk, left))
 
     def _log_position(self) -> None:
-        # `step` sets the x-axis of what is logged with it; `epoch` replaces Lightning's chunk count.
+        # `step` sets the x-axis of what is logged with it; `epoch` replaces Lightning's chunk count,
+        # also in the progress bar, whose own "Epoch i/n" counts chunks.
         epochs = float(self.epochs_completed)
         self.log("step", epochs, on_step=False, on_epoch=True)
-        self.log("epoch", epochs, on_step=False, on_epoch=True)
+        self.log("epoch", epochs, on_step=False, on_epoch=True, prog_bar=True)
 
     # --- steps -------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -157,13 +158,14 @@ class RegressionTask(L.LightningModule):
         self.val_mse_best.reset()
 
     def on_validation_epoch_end(self) -> None:
-        values = {key: metric.compute() for key, metric in self.val_metrics.items()}
-        self.val_mse_best.update(values["val/mse"])
-        values["val/mse_best"] = self.val_mse_best.compute()
-        self.log("val/mse_best", values["val/mse_best"])
+        mse = self.val_metrics["mse"].compute()
+        self.val_mse_best.update(mse)
+        best = self.val_mse_best.compute()
+        self.log("val/mse_best", best)
         self._log_position()
         scheduler = self.lr_schedulers()
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.trainer.sanity_checking:
+            values = {"val/mse": mse, "val/r2": self.val_metrics["r2"].compute(), "val/mse_best": best}
             scheduler.step(values[self.scheduler_monitor])
 
     def on_test_epoch_end(self) -> None:
