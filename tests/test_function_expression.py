@@ -120,9 +120,10 @@ def test_overflow_gives_inf_not_a_hang():
 
 
 def test_cli_refuses_code_before_anything_runs(tmp_path):
+    """As typed in a shell, `data.expr="__import__('os').system('touch ...')"` reaches lab unquoted."""
     marker = tmp_path / "pwned"
     run_dir = tmp_path / "run"
-    result = run_cli(["experiment=mlp_function", f"data.expr=\"__import__('os').system('touch {marker}')\"",
+    result = run_cli(["experiment=mlp_function", f"data.expr=__import__('os').system('touch {marker}')",
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
@@ -133,3 +134,14 @@ def test_cli_refuses_code_before_anything_runs(tmp_path):
     assert not marker.exists()
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.json").exists()
     assert not list(run_dir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("arg", ["data.expr=x**2 + 2*cos(x) + 2/exp(x)", 'data.expr="x**2 + 2*cos(x) + 2/exp(x)"',
+                                 "data.expr='x**2 + 2*cos(x) + 2/exp(x)'"])
+def test_cli_takes_formulas_quoted_or_not(arg, tmp_path):
+    """Hydra would read an unquoted cos(x) as its own function; lab.run quotes data.expr for it."""
+    from omegaconf import OmegaConf
+
+    result = run_cli(["experiment=mlp_function", arg, "--cfg", "job"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert OmegaConf.create(result.stdout).data.expr == "x**2 + 2*cos(x) + 2/exp(x)"

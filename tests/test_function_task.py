@@ -154,19 +154,17 @@ def test_bad_chunk_is_refused():
         RegressionTask(model=torch.nn.Linear(1, 1), optimizer=torch.optim.Adam, chunk=0)
 
 
-def test_short_study_fits_f2(tmp_path):
-    """The study's set-up learns: 300 full-batch epochs already give val R^2 > 0.95."""
-    metrics = run_in_process(["experiment=mlp_function", "trainer.max_epochs=300"], tmp_path)
-    assert metrics["val/r2"] > 0.95 and metrics["test/r2"] > 0.95
-
-
-@pytest.mark.slow
 def test_experiment_mlp_function_reaches_r2_099(tmp_path):
-    """The acceptance run, as a user types it: R^2 >= 0.99 on f2 over [-3, 3], and a PNG of the fit."""
+    """The acceptance run, as a user types it (~9 s): R^2 >= 0.99 on f2 over [-3, 3], and a PNG of the fit."""
     result = run_cli(["experiment=mlp_function", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=600,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["epochs"] == 1000
     assert saved["val/r2"] >= 0.99 and saved["test/r2"] >= 0.99, saved
-    assert (tmp_path / "run" / "function_fit.png").stat().st_size > 10_000
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "function_fit.png") as png:
+        assert png.size == (720, 440)
+        pixels = np.asarray(png.convert("RGB")).reshape(-1, 3).astype(int)
+    assert ((pixels[:, 0] > 150) & (pixels[:, 1] < 90) & (pixels[:, 2] < 90)).sum() > 500  # the net's curve
