@@ -7,13 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"model.norm must be 'batch' or 'none', got {kind!r}")
+from lab.models.blocks import norm2d
 
 
 class SmallCNN(nn.Module):
@@ -56,7 +50,7 @@ class SmallCNN(nn.Module):
         for width in channels:
             for _ in range(int(convs_per_stage)):
                 conv = nn.Conv2d(prev, int(width), 3, padding=1, bias=norm == "none")
-                layers += [conv, _norm(norm, int(width)), nn.ReLU(inplace=True)]
+                layers += [conv, norm2d(norm, int(width)), nn.ReLU(inplace=True)]
                 prev = int(width)
             if size >= 2:
                 layers.append(nn.MaxPool2d(2))
