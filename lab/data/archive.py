@@ -1,12 +1,39 @@
-"""Downloads that are checksum-verified and archive extraction that stays in its folder."""
+"""Finding dataset files, checksum-verified downloads, and archive extraction that stays in its folder."""
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from lab.errors import DataNotFoundError
+
+T = TypeVar("T")
+
+
+def find_or_fetch(find: Callable[[], T | None], fetch: Callable[[], str], download: bool) -> tuple[T | None, str]:
+    """`find()`; when it finds nothing and `download` is on, `fetch()` (which returns ''
+    or why it failed) and look again. Returns (what was found or None, why not)."""
+    found = find()
+    reason = "data.download is false"
+    if found is None and download:
+        reason = fetch() or "downloaded, but the expected files are not there"
+        found = find()
+    return found, reason
+
+
+def torchvision_download(dataset: str, root: Path, splits: tuple[bool, ...] = (True, False)) -> str:
+    """Let torchvision download (and MD5-check) `dataset` into `root`; '' or why it failed."""
+    import torchvision.datasets as tvd
+
+    try:
+        for train in splits:
+            getattr(tvd, dataset)(str(root), train=train, download=True)
+    except Exception as err:  # no network, mirror down, checksum mismatch
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return ""
 
 
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:

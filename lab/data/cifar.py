@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.data.archive import find_or_fetch, torchvision_download
 from lab.data.memory import InMemoryClassificationData
 from lab.data.safe_pickle import load_pickle
 from lab.data.splits import stratified_split
@@ -47,21 +48,11 @@ class _CifarDataModule(InMemoryClassificationData):
                 return folder
         return None
 
-    def _download(self) -> str:
-        import torchvision.datasets as tvd
-
-        try:
-            getattr(tvd, self.torchvision_class)(str(self.root), train=True, download=True)
-        except Exception as err:  # no network, mirror down, checksum mismatch
-            return f"{type(err).__name__}: {err}".splitlines()[0]
-        return ""
-
     def _locate(self) -> Path:
-        folder = self.find_dir()
-        reason = "data.download is false"
-        if folder is None and self.download:
-            reason = self._download()
-            folder = self.find_dir()
+        # torchvision's archive holds both splits: one call fetches everything.
+        folder, reason = find_or_fetch(
+            self.find_dir, lambda: torchvision_download(self.torchvision_class, self.root, (True,)), self.download
+        )
         if folder is None:
             raise DataNotFoundError(
                 f"{self.name}: files not found in {(self.root / self.folder).absolute()} or {self.root.absolute()} "

@@ -79,6 +79,9 @@ class _SampleDataset(torch.utils.data.Dataset):
     """Per-image view of the uint8 arrays for the standard DataLoader path (PIL + torchvision)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        from PIL import Image
+
+        self._from_array = Image.fromarray
         self.images = images.numpy()
         self.labels = labels
         self.transform = transform
@@ -87,10 +90,8 @@ class _SampleDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         array = self.images[i]
-        img = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+        img = self._from_array(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
         return self.transform(img), self.labels[i]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.data.archive import find_or_fetch, torchvision_download
 from lab.data.idx import read_idx
 from lab.data.memory import InMemoryClassificationData
 from lab.data.splits import stratified_split
@@ -63,24 +64,10 @@ class _IdxDataModule(InMemoryClassificationData):
                 return found
         return None
 
-    def _download(self) -> str | None:
-        """Download with torchvision; returns the failure reason or None on success."""
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, self.torchvision_folder)
-        try:
-            for train in (True, False):
-                cls(str(self.root), train=train, download=True)
-        except Exception as err:  # no network, mirror down, checksum mismatch
-            return f"{type(err).__name__}: {err}".splitlines()[0]
-        return None
-
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        files = self.find_files()
-        reason = "data.download is false"
-        if files is None and self.download:
-            reason = self._download() or ""
-            files = self.find_files()
+        files, reason = find_or_fetch(
+            self.find_files, lambda: torchvision_download(self.torchvision_folder, self.root), self.download
+        )
         if files is None:
             names = ", ".join(stem + ".gz" for stem in FILES.values())
             folders = " or ".join(str(d.absolute()) for d in self.candidate_dirs())

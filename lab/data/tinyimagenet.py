@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab.data.archive import download, safe_extract_zip
+from lab.data.archive import download, find_or_fetch, safe_extract_zip
 from lab.data.augment import as_size
 from lab.data.images import cache_key, decode_images, list_images, load_cached, save_cached
 from lab.data.memory import InMemoryClassificationData
@@ -65,11 +65,7 @@ class TinyImageNetDataModule(InMemoryClassificationData):
         return ""
 
     def _locate(self) -> Path:
-        folder = self.find_dir()
-        reason = "data.download is false"
-        if folder is None and self.download:
-            reason = self._fetch() or "extracted, but the layout is not there"
-            folder = self.find_dir()
+        folder, reason = find_or_fetch(self.find_dir, self._fetch, self.download)
         if folder is None:
             raise DataNotFoundError(
                 f"tinyimagenet: dataset not found in {(self.root / FOLDER).absolute()} or {self.root.absolute()} "

@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lab.errors import ConfigError
+from lab.tasks.schedulers import build_optimizer
 
 
 class SquaredErrorLoss(nn.Module):
@@ -149,10 +150,7 @@ class ClassificationTask(L.LightningModule):
         self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        for group in optimizer.param_groups:
-            if group["lr"] <= 0:
-                raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
+        optimizer = build_optimizer(self.optimizer_factory, self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         # Schedules that take `steps_per_epoch` (warmup_cosine) are stepped every

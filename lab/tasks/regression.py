@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import MeanSquaredError, MetricCollection, MinMetric, R2Score
 
 from lab.errors import ConfigError
+from lab.tasks.schedulers import build_optimizer
 
 MONITORS = ("val/mse", "val/r2", "val/mse_best")
 
@@ -179,10 +180,7 @@ class RegressionTask(L.LightningModule):
         return scheduler
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        for group in optimizer.param_groups:
-            if group["lr"] <= 0:
-                raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
+        optimizer = build_optimizer(self.optimizer_factory, self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         # Manual optimization: the task steps the schedule itself (per study epoch, or on

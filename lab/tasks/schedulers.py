@@ -1,10 +1,22 @@
-"""Learning-rate schedules torch does not ship as one class."""
+"""Optimizer construction and learning-rate schedules torch does not ship as one class."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
+
+from lab.errors import ConfigError
+
+
+def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: Iterable) -> torch.optim.Optimizer:
+    """Call the optimizer partial from the config with the model's parameters; refuse lr <= 0."""
+    optimizer = factory(params=params)
+    for group in optimizer.param_groups:
+        if group["lr"] <= 0:
+            raise ConfigError(f"optimizer.lr must be positive, got {group['lr']}")
+    return optimizer
 
 
 def warmup_cosine(
