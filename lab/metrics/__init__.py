@@ -1,0 +1,1 @@
+"""Metrics torchmetrics does not have in the form lab's studies report."""
