@@ -40,6 +40,7 @@ class TensorBatchLoader:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
+        batch_sampler=None,
     ) -> None:
         if images.dtype != torch.uint8:
             raise TypeError(f"images must be uint8, got {images.dtype}")
@@ -51,15 +52,21 @@ class TensorBatchLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.batch_sampler = batch_sampler  # yields index tensors (class-balanced batches)
         n = len(images)
         self._num_batches = -(-n // self.batch_size)
         if shuffle and n > 1 and n % self.batch_size == 1:
             self._num_batches -= 1
 
     def __len__(self) -> int:
-        return self._num_batches
+        return len(self.batch_sampler) if self.batch_sampler is not None else self._num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.batch_sampler is not None:
+            for idx in self.batch_sampler:
+                idx = idx.to(self.images.device)
+                yield self.images[idx], self.labels[idx]
+            return
         n = len(self.images)
         order = None
         if self.shuffle:
@@ -125,6 +132,7 @@ class InMemoryClassificationData(L.LightningDataModule):
         noise_type: str = "symmetric",
         noise_seed: int | None = None,
         noise_mapping: Mapping | None = None,
+        samples_per_class: int = 0,
     ) -> None:
         super().__init__()
         if int(batch_size) <= 0:
@@ -138,6 +146,10 @@ class InMemoryClassificationData(L.LightningDataModule):
             raise ConfigError(f"data.augment: unknown keys {sorted(unknown)}; known: {sorted(AUGMENT_KEYS)}")
         if not 0.0 <= float(noise_ratio) < 1.0:
             raise ConfigError(f"data.noise_ratio must be in [0, 1), got {noise_ratio}")
+        if int(samples_per_class) and (int(samples_per_class) < 2 or int(batch_size) % int(samples_per_class)):
+            raise ConfigError(f"data.samples_per_class={samples_per_class} must be 0 (plain shuffling) or >= 2 "
+                              f"and divide data.batch_size={batch_size}")
+        self.samples_per_class = int(samples_per_class)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.seed = int(seed)
@@ -248,19 +260,29 @@ class InMemoryClassificationData(L.LightningDataModule):
         self._ensure_loaded()
         images, labels = self.splits[split]
         batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = None
+        if train and self.samples_per_class:
+            from lab.data.balanced import ClassBalancedBatchSampler
+
+            sampler = ClassBalancedBatchSampler(labels, batch_size, self.samples_per_class, seed=self.seed,
+                                                as_list=not self.fast_path)
         if self.fast_path:
             device = self._device()
             if device.type == "cuda" and images.device != device:  # the dataset moves to the GPU once
                 self.splits[split] = (images.to(device), labels.to(device))
                 images, labels = self.splits[split]
-            return TensorBatchLoader(images, labels, batch_size, shuffle=train, seed=self.seed)
+            return TensorBatchLoader(images, labels, batch_size, shuffle=train, seed=self.seed, batch_sampler=sampler)
         transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
                                          **self._transform_args(train))
+        dataset = _SampleDataset(images, labels, transform)
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
+                   "pin_memory": torch.cuda.is_available()}
+        if sampler is not None:
+            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **workers)
         gen = torch.Generator().manual_seed(self.seed)
         return torch.utils.data.DataLoader(
-            _SampleDataset(images, labels, transform), batch_size=batch_size, shuffle=train, generator=gen,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(), drop_last=train and len(labels) % batch_size == 1,
+            dataset, batch_size=batch_size, shuffle=train, generator=gen,
+            drop_last=train and len(labels) % batch_size == 1, **workers,
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
