@@ -139,6 +139,11 @@ class ConfusionMatrixLogger(L.Callback):
         from PIL import Image
 
         Image.fromarray(render_confusion(matrix, names, f"{split} confusion")).save(out / f"confusion_{split}.png")
-        header = "true\\pred," + ",".join(n.replace(",", " ") for n in names)
-        rows = [names[i].replace(",", " ") + "," + ",".join(str(int(v)) for v in matrix[i]) for i in range(len(names))]
-        (out / f"confusion_{split}.csv").write_text("\n".join([header, *rows]) + "\n")
+        write_confusion_csv(out / f"confusion_{split}.csv", matrix, names)
+
+
+def write_confusion_csv(path: Path, matrix: np.ndarray, names: Sequence[str]) -> None:
+    """Counts with class names: rows are true classes, columns predictions."""
+    header = "true\\pred," + ",".join(n.replace(",", " ") for n in names)
+    rows = [names[i].replace(",", " ") + "," + ",".join(str(int(v)) for v in matrix[i]) for i in range(len(names))]
+    path.write_text("\n".join([header, *rows]) + "\n")
