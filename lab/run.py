@@ -19,30 +19,16 @@ from omegaconf import DictConfig, OmegaConf
 from lab.paths import config_dir
 
 
-def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, minus `name` (a label for folders and tables, not an argument)."""
-    from hydra.utils import instantiate
-
-    if "name" in node and "_target_" in node:
-        # Resolve first: a detached copy would lose interpolations into the rest of the config.
-        node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"})
-    return instantiate(node, _convert_="all", **kwargs)
-
-
-def _float(value: Any) -> float:
-    return float(value.item() if hasattr(value, "item") else value)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one job from a composed config; returns the metrics written to metrics.json."""
     import warnings
 
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
-    from lab.console import print_config_tree, print_results
-    from lab.errors import ConfigError
+    from lab.build import as_float, build_parts, build_trainer
+    from lab.checkpoints import init_weights
+    from lab.console import console, print_config_tree, print_results
     from lab.hparams import collect_hparams, write_hparams
     from lab.utils.io import write_json
 
@@ -52,30 +38,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     print_config_tree(cfg)
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    scheduler = None
-    if cfg.get("scheduler"):
-        if "_target_" not in cfg.scheduler:
-            raise ConfigError(
-                f"scheduler: {dict(cfg.scheduler)} is set but no scheduler is chosen (scheduler=none?); "
-                "choose one with scheduler=<cosine|plateau|multistep|exponential> or drop those keys"
-            )
-        scheduler = instantiate(cfg.scheduler, _convert_="all")
-    datamodule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
-    datamodule.setup("fit")
-    # The data sizes the model and the task (the only coupling between the boxes).
-    model = _instantiate(cfg.model, **datamodule.model_inputs())
-    task = instantiate(
-        cfg.task,
-        _convert_="all",
-        model=model,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=scheduler,
-        **datamodule.task_inputs(),
-    )
-    callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    parts = build_parts(cfg)
+    datamodule, task = parts.datamodule, parts.task
+    if cfg.get("init_from"):
+        # Weights only: the optimizer, the schedule and the epoch count start afresh.
+        source = init_weights(task, cfg.init_from)
+        console.print(f"initialised the weights from {source} (optimizer state not loaded)", highlight=False,
+                      soft_wrap=True)
+    trainer: L.Trainer = build_trainer(cfg)
 
     # Everything is built and checked: only now write into the run folder.
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -85,13 +55,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     metrics: dict[str, Any] = {
-        k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        k: as_float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
     }
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") if checkpoint else ""
     if cfg.get("test", True):
         trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: _float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics.update({k: as_float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     # A task whose epoch is not a Lightning epoch (regression: one full-batch step) counts its own.
     metrics["epochs"] = int(getattr(task, "epochs_completed", trainer.current_epoch))
@@ -135,12 +105,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (LabError, InstantiationException, ValueError) as err:
-        cause = err.__cause__ if isinstance(err, InstantiationException) else err
-        if isinstance(cause, (LabError, ValueError)):
-            message = str(cause)  # our own messages already name the key and the fix
-        else:  # e.g. an unknown argument: Hydra's text names the target and the config key
-            message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        message = " ".join(message.split())
+        message = user_error(err)
         print_error(message)
         _record_failure(cfg, message, err)
         from hydra.core.hydra_config import HydraConfig
@@ -153,6 +118,20 @@ def main(cfg: DictConfig) -> float | None:
         _record_failure(cfg, " ".join(str(err).split()) or type(err).__name__, err)
         raise
     return metrics.get("val/top1_best")
+
+
+def user_error(err: BaseException) -> str:
+    """The one line a user error prints: lab's own message, or Hydra's instantiation text joined up."""
+    from hydra.errors import InstantiationException
+
+    from lab.errors import LabError
+
+    cause = err.__cause__ if isinstance(err, InstantiationException) else err
+    if isinstance(cause, (LabError, ValueError)):
+        message = str(cause)  # our own messages already name the key and the fix
+    else:  # e.g. an unknown argument: Hydra's text names the target and the config key
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return " ".join(message.split())
 
 
 def _record_failure(cfg: DictConfig, message: str, err: BaseException) -> None:
