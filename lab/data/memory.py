@@ -109,7 +109,8 @@ class InMemoryClassificationData(L.LightningDataModule):
     [N, C, H, W], int64 labels [N])} and set `class_names`. Normalisation statistics
     are measured on the training split (or ImageNet's, `normalize: imagenet`).
     Label noise, when asked for, is applied to the training split only, after val
-    has been carved out.
+    has been carved out. `train_on=[train, val]` trains on both (fine-tuning on all
+    labelled data); val is still evaluated, but is then no longer held out.
     """
 
     name: str = "data"
@@ -133,6 +134,7 @@ class InMemoryClassificationData(L.LightningDataModule):
         noise_seed: int | None = None,
         noise_mapping: Mapping | None = None,
         samples_per_class: int = 0,
+        train_on: Sequence[str] = ("train",),
     ) -> None:
         super().__init__()
         if int(batch_size) <= 0:
@@ -163,6 +165,8 @@ class InMemoryClassificationData(L.LightningDataModule):
         self.noise_type = noise_type
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.noise_mapping = noise_mapping
+        self.train_on = _check_train_on(train_on)
+        self.predict_split = "test"  # the split predict_dataloader serves (lab.predict split=...)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.clean_train_labels: torch.Tensor | None = None
         self.mean: list[float] = []
@@ -213,6 +217,9 @@ class InMemoryClassificationData(L.LightningDataModule):
         for key in ("train", "val", "test"):
             if key not in splits:
                 raise KeyError(f"{type(self).__name__}.load() returned no '{key}' split")
+        if "val" in self.train_on:  # before the statistics and the label noise: both are of what is trained on
+            (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
+            splits = {**splits, "train": (torch.cat([train_x, val_x]), torch.cat([train_y, val_y]))}
         channels = int(splits["train"][0].shape[1])
         if self.normalize == "dataset":
             self.mean, self.std = _channel_stats(splits["train"][0])
@@ -311,6 +318,26 @@ class InMemoryClassificationData(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", train=False)
+
+    def predict_dataloader(self):
+        """`predict_split` in stored order with the eval transform, so row i is sample i of the split."""
+        if self.predict_split not in ("train", "val", "test"):
+            raise ConfigError(f"split must be train, val or test, got {self.predict_split!r}")
+        return self._loader(self.predict_split, train=False)
+
+
+def _check_train_on(train_on: Sequence[str] | str) -> list[str]:
+    """data.train_on: [train] or [train, val]. The test split is never trained on: it is what runs report."""
+    names = list(dict.fromkeys([train_on] if isinstance(train_on, str) else [str(s) for s in train_on or ()]))
+    if "test" in names:
+        raise ConfigError("data.train_on must not include test: test/* is the held-out result every run reports; "
+                          "train on [train, val] at most")
+    if "train" not in names or set(names) - {"train", "val"}:
+        raise ConfigError(f"data.train_on must be [train] or [train, val], got {names}")
+    if "val" in names:
+        print("warning: data.train_on includes val: it is trained on, so val/* metrics and the best-checkpoint "
+              "choice (by val/top1) are no longer held out; test/* still is")
+    return names
 
 
 def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
