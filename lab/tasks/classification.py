@@ -134,6 +134,13 @@ class ClassificationTask(L.LightningModule):
         _, logits, y = self._shared_step(batch, "test", self.test_acc)
         return {"preds": logits.argmax(dim=1), "target": y}
 
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor | None]:
+        """Class probabilities (float32 even under bf16) and the batch's labels, for lab.predict's rows."""
+        x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {"probs": self(x).float().softmax(dim=1), "target": y}
+
     def on_train_start(self) -> None:
         # The sanity-check validation must not count towards the best score.
         self.val_top1_best.reset()
