@@ -59,7 +59,7 @@ SWEEP_TARGETS = {
     "depth": ["experiment=cnn_tinyimagenet"], "depth_resnet": ["experiment=resnet_tinyimagenet"],
     "dropout": ["experiment=cnn_fashionmnist"], "epochs": ["experiment=mlp_function"], "lr": [],
     "momentum": ["experiment=basecnn_imagefolder"], "noise_ratio": [], "normalization": [],
-    "residual": ["experiment=resnet_tinyimagenet"], "seeds": [],
+    "residual": ["experiment=resnet_tinyimagenet"], "seeds": [], "metric_loss": ["experiment=triplet_fashionmnist"],
 }
 
 

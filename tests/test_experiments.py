@@ -55,7 +55,8 @@ def data_overrides(experiment: str, fixtures: dict[str, Path]) -> list[str]:
              "cifar10": ["data.val_size=10"], "cifar100": ["data.val_size=100"], "mnist": ["data.val_size=10"],
              "fashion_mnist": ["data.val_size=10"]}
     download = [] if name == "imagefolder" else ["data.download=false"]
-    return [f"data.root={fixtures[name]}", *download, *SMALL_BATCH, *extra.get(name, [])]
+    balanced = ["data.samples_per_class=2"] if cfg.data.get("samples_per_class") else []
+    return [f"data.root={fixtures[name]}", *download, *SMALL_BATCH, *extra.get(name, []), *balanced]
 
 
 def test_every_experiment_has_a_study_comment():
