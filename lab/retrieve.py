@@ -236,8 +236,9 @@ def cmd_query(args: argparse.Namespace) -> int:
         for rank, (d, g) in enumerate(zip(distances[qi].tolist(), indices[qi].tolist()), start=1):
             label = names[index.labels[g]] if index.labels[g] >= 0 else None
             itself = gallery_paths[g].resolve() == resolved
-            table.add_row(str(rank), f"{d:.4f}", index.relative[g] + ("  (the query itself)" if itself else ""),
-                          label or "-")
+            table.add_row(f"{rank}*" if itself else str(rank), f"{d:.4f}", index.relative[g], label or "-")
+            if itself:
+                table.caption, table.caption_justify = "* the query image itself", "left"
             frame = "none" if label is None or query_label is None else ("same" if label == query_label else "other")
             tiles.append(Tile(gallery_paths[g], f"#{rank}  d={d:.3f}", label, frame, index.relative[g]))
         console.print(table)

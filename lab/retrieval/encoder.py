@@ -120,22 +120,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _load_tensors(path: Path, what: str) -> dict:
-    """torch.load with weights_only=True (no code from the file runs); one-line errors."""
-    import torch
-
-    if not path.is_file():
-        raise DataNotFoundError(f"{what} {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt zip, pickled code refused by weights_only, ...
-        reason = f"{type(err).__name__}: {err}".splitlines()[0]
-        raise LabError(f"{path}: cannot load {what} ({reason})") from None
-    if not isinstance(data, dict):
-        raise LabError(f"{path}: {what} should hold a dict of tensors, found {type(data).__name__}")
-    return data
-
-
 # ---------------------------------------------------------------------------------------------
 # Encoders
 # ---------------------------------------------------------------------------------------------
@@ -184,25 +168,29 @@ class Encoder:
         progress_bar = Progress(*columns, console=console, transient=False, disable=not show_progress)
         with progress_bar as progress, torch.inference_mode():
             task = progress.add_task(description, total=len(dataset), rate="-")
-            for images, errors in loader:
-                ok = [e is None for e in errors]
-                for offset, error in enumerate(errors):
-                    if error is not None:
-                        path = dataset.paths[start + offset]
-                        if not skip_bad:
-                            raise BadImageError(f"{path}: cannot decode image ({error}); fix or remove it, "
-                                                "or pass --skip-bad to leave unreadable files out")
-                        bad.append((path, error))
-                        kept[start + offset] = False
-                if any(ok):
-                    x = transform(images[torch.tensor(ok)])
-                    chunks.append(normalize(self.embed(x)))
-                start += len(errors)
-                elapsed = progress.tasks[0].elapsed or 0.0
-                progress.update(task, advance=len(errors), rate=f"{start / elapsed:.1f}" if elapsed else "-")
+            try:
+                for images, errors in loader:
+                    ok = [e is None for e in errors]
+                    for offset, error in enumerate(errors):
+                        if error is not None:
+                            path = dataset.paths[start + offset]
+                            if not skip_bad:
+                                raise BadImageError(f"{path}: cannot decode image ({error}); fix or remove it, "
+                                                    "or pass --skip-bad to leave unreadable files out")
+                            bad.append((path, error))
+                            kept[start + offset] = False
+                    if any(ok):
+                        x = transform(images[torch.tensor(ok)])
+                        chunks.append(normalize(self.embed(x)))
+                    start += len(errors)
+                    elapsed = progress.tasks[0].elapsed or 0.0
+                    progress.update(task, advance=len(errors), rate=f"{start / elapsed:.1f}" if elapsed else "-")
+            except BaseException:  # the error is one line: leave no half-done bar above it
+                progress.live.transient = True
+                raise
         if bad:
             console.print(f"[yellow]warning:[/yellow] skipped {len(bad)} unreadable image(s) (--skip-bad), "
-                      f"first: {bad[0][0]} ({bad[0][1]})", highlight=False, soft_wrap=True)
+                          f"first: {bad[0][0]} ({bad[0][1]})", highlight=False, soft_wrap=True)
         if not chunks:
             raise BadImageError(f"none of the {len(dataset)} image(s) could be decoded")
         return torch.cat(chunks).numpy().astype(np.float32, copy=False), kept
@@ -282,10 +270,12 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
     head = "fc." if arch.startswith("resnet") else "classifier.6."
     info: dict[str, Any] = {"kind": "torchvision", "arch": arch}
     if weights:
-        path = Path(weights).expanduser().resolve()
-        state = _load_tensors(path, "--weights file")
-        if "state_dict" in state:  # a lab checkpoint of model=torchvision: strip the task's prefix
-            state = {k.split("model.net.", 1)[1]: v for k, v in state["state_dict"].items() if "model.net." in k}
+        from lab.checkpoints import checkpoint_file, read_checkpoint, state_dict_of
+
+        path = checkpoint_file(weights, "--weights").resolve()
+        state = state_dict_of(read_checkpoint(path, "--weights"), path, "--weights")
+        if any(k.startswith("model.net.") for k in state):  # a lab checkpoint of model=torchvision
+            state = {k.split("model.net.", 1)[1]: v for k, v in state.items() if k.startswith("model.net.")}
         info.update(weights="file", weights_file=str(path), sha256=file_sha256(path))
     else:
         from lab.models.torchvision_models import ARCHS
@@ -293,19 +283,17 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
         state = _imagenet_weights(arch)
         url = getattr(tvm, ARCHS[arch]).IMAGENET1K_V1.url
         info.update(weights=f"{ARCHS[arch]}.IMAGENET1K_V1", weights_file=None, url=url)
-    state = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(head)]
-    if missing or unexpected:
-        source = weights or "the ImageNet weights"
-        raise ConfigError(f"{source}: keys do not match torchvision's {arch} (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]}); for a lab run's model use --checkpoint")
     if arch.startswith("resnet"):
         net.fc = nn.Identity()
         info["feature_dim"] = 512 if arch in ("resnet18", "resnet34") else 2048
     else:
         net.classifier[6] = nn.Identity()
         info["feature_dim"] = 4096
+    from lab.checkpoints import load_weights
+
+    state = {k: v for k, v in state.items() if not k.startswith(head)}  # the classifier head is not used
+    load_weights(net, state, weights or "the ImageNet weights", "--weights" if weights else "--backbone",
+                 hint=f"expected torchvision's {arch} state dict; for a lab run's model use --checkpoint")
     return Encoder(net, net, Preprocess.imagenet(image_size), info)
 
 
@@ -327,16 +315,16 @@ def _imagenet_weights(arch: str) -> dict:
 
 
 def _checkpoint_encoder(path: Path, image_size: int | None, model_inputs: dict[str, Any] | None = None) -> Encoder:
-    """A lab run's model from <run>/checkpoints/<name>.ckpt and <run>/config.yaml."""
+    """A lab run's model from <run>/checkpoints/<name>.ckpt and the run's config (lab.checkpoints
+    reads both: weights_only loading, strict key matching, one-line errors)."""
+    import torch
     from omegaconf import OmegaConf
 
-    if not path.is_file():
-        raise DataNotFoundError(f"--checkpoint {path} does not exist")
-    path = path.resolve()
-    config = path.parent.parent / "config.yaml"
-    if not config.is_file():
-        raise DataNotFoundError(f"{config} not found: --checkpoint expects a lab run's checkpoint, "
-                                "<run>/checkpoints/<name>.ckpt beside <run>/config.yaml")
+    from lab.checkpoints import checkpoint_file, find_run_config, load_weights, read_checkpoint, run_dir_of
+
+    path = checkpoint_file(path, "--checkpoint").resolve()
+    resolved = run_dir_of(path) / "config.yaml"  # lab's resolved copy: the run's own absolute data paths
+    config = resolved if resolved.is_file() else find_run_config(path)
     try:
         cfg = OmegaConf.load(config)
     except Exception as err:
@@ -344,50 +332,41 @@ def _checkpoint_encoder(path: Path, image_size: int | None, model_inputs: dict[s
         raise LabError(f"{config}: cannot read the run's config ({reason})") from None
     if "model" not in cfg or "data" not in cfg:
         raise LabError(f"{config}: not a lab run's config (no model or data section)")
-    ckpt = _load_tensors(path, "checkpoint")
-    if "state_dict" not in ckpt:
-        raise LabError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    ckpt = read_checkpoint(path, "--checkpoint")
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise LabError(f"--checkpoint: {path} is not a lab (Lightning) checkpoint: it has no state_dict")
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     preprocess = None
     if model_inputs is None:
         model_inputs, preprocess = _run_data(cfg, state, ckpt, image_size)
     model = _build_model(cfg, model_inputs, config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise LabError(f"{path}: weights do not fit the model in {config} ({str(err).splitlines()[0]})") from None
-    if not hasattr(model, "features"):
+    load_weights(model, state, path, "--checkpoint")
+    if not callable(getattr(model, "features", None)):
         raise ConfigError(f"{config}: model {cfg.model.get('_target_')} has no features() to retrieve with")
     info = {"kind": "checkpoint", "checkpoint": str(path), "config": str(config),
             "model": str(cfg.model.get("_target_")), "data": str(cfg.data.get("name", cfg.data.get("_target_"))),
             "model_inputs": model_inputs, "sha256": file_sha256(path)}
-    import torch
-
-    encoder = Encoder(model, model.features, preprocess or Preprocess(), info)
+    model.eval()
     with torch.inference_mode():
         h, w = model_inputs["image_size"]
-        info["feature_dim"] = int(model.eval().features(torch.zeros(1, model_inputs["in_channels"], h, w)).shape[1])
-    return encoder
+        info["feature_dim"] = int(model.features(torch.zeros(1, model_inputs["in_channels"], h, w)).shape[1])
+    return Encoder(model, model.features, preprocess or Preprocess(), info)
 
 
 def _build_model(cfg, model_inputs: dict[str, Any], config: Path):
-    """hydra.utils.instantiate(cfg.model) sized like the run; pretrained weights are not fetched
-    (the checkpoint replaces them)."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+    """The run's model, sized like the run (lab.build.instantiate_node); pretrained weights are not
+    fetched, since the checkpoint replaces them."""
+    from lab.build import instantiate_node
 
-    node = OmegaConf.to_container(cfg.model, resolve=True)
-    node.pop("name", None)
-    if "pretrained" in node:
-        node["pretrained"] = False
-    if "weights_path" in node:
-        node["weights_path"] = None
+    off = {k: v for k, v in (("pretrained", False), ("weights_path", None)) if k in cfg.model}
     try:
-        return instantiate(node, _convert_="all", **model_inputs)
+        return instantiate_node(cfg.model, **model_inputs, **off)
+    except LabError:
+        raise
     except Exception as err:
         cause = err.__cause__ or err
-        raise LabError(f"{config}: cannot build the run's model ({type(cause).__name__}: {cause})".splitlines()[0]) \
-            from None
+        reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        raise LabError(f"{config}: cannot build the run's model ({reason})") from None
 
 
 def _run_data(cfg, state: dict, ckpt: dict, image_size: int | None) -> tuple[dict[str, Any], Preprocess]:
