@@ -74,7 +74,8 @@ def evaluate(job, out_dir: Path, splits: Sequence[str] = ("test",)) -> dict[str,
 
     # Built and loaded: only now write into the output folder.
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_provenance(job, out_dir, {"splits": splits})
+    if trainer.is_global_zero:
+        write_provenance(job, out_dir, {"splits": splits})
     start = time.perf_counter()
     metrics: dict[str, Any] = {}
     for split in splits:

@@ -39,6 +39,7 @@ class Job:
     overrides: list[str] = field(default_factory=list)
     own: dict[str, Any] = field(default_factory=dict)   # the entry point's own keys (split, top_k, ...)
     hydra_argv: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)       # the full command line (sys.argv) it came from
 
 
 _PREPARED: Job | None = None  # handed from __main__ to the Hydra job (Hydra only sees the entry's own keys)
@@ -226,12 +227,12 @@ def launch(entry: str, own_keys: Sequence[str], help_text: str, hydra_main: Call
         print(OmegaConf.to_yaml(job.cfg), end="")  # the run config this job would build from
         sys.exit(0)
     _PREPARED = job
-    original = list(sys.argv)
+    job.argv = list(sys.argv)
     sys.argv = [sys.argv[0], *job.hydra_argv]
     try:
         hydra_main()
     finally:
-        sys.argv = original
+        sys.argv = job.argv
 
 
 def run_job(body: Callable[[Job, Path], Any]) -> Any:
@@ -246,6 +247,9 @@ def run_job(body: Callable[[Job, Path], Any]) -> Any:
     if job is None:
         raise RuntimeError("run_job needs launch() to prepare the job first")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if job.argv:
+        # The whole command line again: Lightning's DDP launcher re-runs it for the other processes.
+        sys.argv = list(job.argv)
     try:
         return body(job, out_dir)
     except (LabError, InstantiationException, ValueError) as err:

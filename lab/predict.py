@@ -80,7 +80,8 @@ def predict(job, out_dir: Path, split: str = "test", top_k: int = 5) -> Path:
     trainer = build_trainer(job.cfg, fitting=False, loggers=False)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_provenance(job, out_dir, {"split": split, "top_k": top_k})
+    if trainer.is_global_zero:
+        write_provenance(job, out_dir, {"split": split, "top_k": top_k})
     batches = trainer.predict(task, datamodule=datamodule, return_predictions=True) or []
     probs = torch.cat([b["probs"] for b in batches]).cpu()
     targets = [b["target"] for b in batches]
