@@ -44,4 +44,7 @@ def print_results(metrics: Mapping[str, float], run_dir: str) -> None:
 
 
 def print_error(message: str) -> None:
-    console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    """`error: <message>`, the message taken literally (a `[train, val]` in it is text, not rich markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
