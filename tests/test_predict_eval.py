@@ -205,3 +205,11 @@ def test_bad_command_lines_stop_before_anything_is_written(trained, tmp_path):
                         tmp_path, env)
     assert result.returncode == 2 and "has no data.eval_batchsize; data has" in error_line(result)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_error_lines_keep_brackets(capsys):
+    """Messages name lists like [train, val]: printed as text, not swallowed as rich markup."""
+    from lab.console import print_error
+
+    print_error("data.train_on must be [train] or [train, val], got ['val']")
+    assert "must be [train] or [train, val], got ['val']" in capsys.readouterr().out
