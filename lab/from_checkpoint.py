@@ -191,7 +191,10 @@ def prepare(argv: Sequence[str], own_keys: Sequence[str], entry: str,
     ckpt = checkpoint_file(own["ckpt_path"], "ckpt_path").resolve()
     config_file = find_run_config(ckpt, own.get("run_dir"))
     run_dir = config_file.parent.parent if config_file.parent.name == ".hydra" else config_file.parent
-    cfg = OmegaConf.load(config_file)
+    try:
+        cfg = OmegaConf.load(config_file)
+    except Exception as err:  # noqa: BLE001 - unreadable YAML: say which file
+        raise ConfigError(f"{config_file}: cannot read the run's config ({' '.join(str(err).split())})") from err
     if not isinstance(cfg, DictConfig) or "model" not in cfg or "data" not in cfg:
         raise ConfigError(f"{config_file} is not a lab run config (no data and model)")
     rebase_output_dir(cfg)
@@ -219,6 +222,8 @@ def launch(entry: str, own_keys: Sequence[str], help_text: str, hydra_main: Call
     from lab.console import print_error
 
     try:
+        if any(a in ("-m", "--multirun") for a in argv):
+            raise ConfigError(f"{entry} evaluates one checkpoint per command (no -m); run it once per checkpoint")
         job = prepare(argv, own_keys, entry, check)
     except LabError as err:
         print_error(" ".join(str(err).split()))
@@ -258,7 +263,7 @@ def run_job(body: Callable[[Job, Path], Any]) -> Any:
 
 
 def describe(job: Job) -> str:
-    """One line saying what is rebuilt from where (printed before the work starts)."""
+    """What is rebuilt from where: checkpoint, run config, overrides (printed before the work starts)."""
     text = f"checkpoint {job.ckpt}\nrun config {job.config_file}"
     if job.overrides:
         text += f"\noverrides  {' '.join(job.overrides)}"
