@@ -14,3 +14,11 @@ class DataNotFoundError(LabError):
 
 class ConfigError(LabError):
     """A config value that cannot work."""
+
+
+class ResumeError(LabError):
+    """resume=/resume_sweep= names a folder that cannot be resumed (not a run, no checkpoint, ...)."""
+
+
+class NonFiniteLossError(LabError):
+    """The training loss became nan or inf: the run stops instead of training on garbage."""
