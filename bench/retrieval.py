@@ -99,7 +99,7 @@ def main() -> None:
         lab_qps.append(a)
         plain_qps.append(b)
         ratios.append(a / b)
-        print(f"  repeat {r + 1}: lab {a:7.1f} q/s   plain {b:7.1f} q/s   ratio {a / b:.2f}")
+        print(f"  repeat {r + 1}: lab {a:7.1f} q/s   plain {b:7.1f} q/s   ratio {a / b:.2f}   load {load()}")
     print(f"lab   (median): {statistics.median(lab_qps):7.1f} queries/s (target >= 200)")
     print(f"plain (median): {statistics.median(plain_qps):7.1f} queries/s")
     print(f"lab / plain (median of pairs): {statistics.median(ratios):.2f}")

@@ -135,6 +135,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     import time
     from datetime import datetime, timezone
 
+    from rich.markup import escape
+
     from lab.console import console
     from lab.errors import ConfigError
     from lab.retrieval.encoder import build_encoder
@@ -168,10 +170,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     save_index(out, features, meta, force=args.force)
     unlabelled = sum(label < 0 for label in labels)
     classes = f"{len(gallery.class_names)} classes" + (f", {unlabelled} unlabelled" if unlabelled else "")
-    console.print(f"indexed {len(relative):,} images ({classes}) with {_describe(encoder.backbone)} in "
+    console.print(f"indexed {len(relative):,} images ({classes}) with {escape(_describe(encoder.backbone))} in "
                   f"{seconds:.1f} s: features {len(relative):,} x {features.shape[1]:,}",
                   highlight=False, soft_wrap=True)
-    console.print(f"[bold]index:[/bold] {out}", highlight=False, soft_wrap=True)
+    console.print(f"[bold]index:[/bold] {escape(str(out))}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -201,7 +203,9 @@ def _encoder_for(index, args: argparse.Namespace):
 
 def cmd_query(args: argparse.Namespace) -> int:
     import torch
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from lab.console import console
     from lab.errors import DataNotFoundError
@@ -224,8 +228,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     sheets = _sheet_paths(Path(index.path), queries, args.out_png)
     for qi, query in enumerate(queries):
         query_label = _label_in_gallery(query, index)
-        console.print(f"[bold]query:[/bold] {query}" + (f" ({query_label})" if query_label else ""),
-                      highlight=False, soft_wrap=True)
+        suffix = f" ({escape(query_label)})" if query_label else ""
+        console.print(f"[bold]query:[/bold] {escape(str(query))}{suffix}", highlight=False, soft_wrap=True)
         table = Table(header_style="bold")
         table.add_column("rank", justify="right")
         table.add_column("distance", justify="right")
@@ -236,14 +240,14 @@ def cmd_query(args: argparse.Namespace) -> int:
         for rank, (d, g) in enumerate(zip(distances[qi].tolist(), indices[qi].tolist()), start=1):
             label = names[index.labels[g]] if index.labels[g] >= 0 else None
             itself = gallery_paths[g].resolve() == resolved
-            table.add_row(f"{rank}*" if itself else str(rank), f"{d:.4f}", index.relative[g], label or "-")
+            table.add_row(f"{rank}*" if itself else str(rank), f"{d:.4f}", Text(index.relative[g]), Text(label or "-"))
             if itself:
                 table.caption, table.caption_justify = "* the query image itself", "left"
             frame = "none" if label is None or query_label is None else ("same" if label == query_label else "other")
             tiles.append(Tile(gallery_paths[g], f"#{rank}  d={d:.3f}", label, frame, index.relative[g]))
         console.print(table)
         sheet = write_contact_sheet(tiles, sheets[qi])
-        console.print(f"[bold]contact sheet:[/bold] {sheet}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]contact sheet:[/bold] {escape(str(sheet))}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -281,6 +285,7 @@ def _sheet_paths(index_path: Path, queries: list[Path], out_png: str | None) -> 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+    from rich.markup import escape
     from rich.table import Table
 
     from lab.console import console
@@ -339,9 +344,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics, counted = _metrics(torch.from_numpy(features), query_labels, index.tensor(), gallery_labels,
                                 torch.from_numpy(in_gallery))
     for note in notes:
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     console.print(f"[bold]retrieval:[/bold] {len(query_labels):,} queries, gallery of {len(gallery_labels):,} "
-                  f"({index.path})", highlight=False, soft_wrap=True)
+                  f"({escape(str(index.path))})", highlight=False, soft_wrap=True)
     table = Table(header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -356,7 +361,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_json(args.json, {**metrics, "queries": len(query_labels), "queries_counted": counted,
                                "queries_in_gallery": overlap, "gallery": len(gallery_labels),
                                "index": str(Path(index.path).absolute()), "queries_folder": str(queries.root)})
-        console.print(f"[bold]metrics:[/bold] {args.json}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]metrics:[/bold] {escape(args.json)}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -142,6 +142,7 @@ class Encoder:
         A file that cannot be decoded stops with one line naming it, or with `skip_bad` is
         left out (the mask says which) and counted in a warning."""
         import torch
+        from rich.markup import escape
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -190,7 +191,7 @@ class Encoder:
                 raise
         if bad:
             console.print(f"[yellow]warning:[/yellow] skipped {len(bad)} unreadable image(s) (--skip-bad), "
-                          f"first: {bad[0][0]} ({bad[0][1]})", highlight=False, soft_wrap=True)
+                          f"first: {escape(str(bad[0][0]))} ({escape(bad[0][1])})", highlight=False, soft_wrap=True)
         if not chunks:
             raise BadImageError(f"none of the {len(dataset)} image(s) could be decoded")
         return torch.cat(chunks).numpy().astype(np.float32, copy=False), kept
@@ -240,6 +241,8 @@ def encoder_from_index(backbone: dict[str, Any], preprocess: dict[str, Any], wei
 
     The preprocessing always comes from the index; a weights file whose SHA-256 differs
     from the one recorded gives a warning (the features would not be comparable)."""
+    from rich.markup import escape
+
     from lab.console import console
 
     kind = backbone.get("kind")
@@ -254,7 +257,7 @@ def encoder_from_index(backbone: dict[str, Any], preprocess: dict[str, Any], wei
     recorded, now = backbone.get("sha256"), encoder.backbone.get("sha256")
     if recorded and now and recorded != now:
         source = encoder.backbone.get("weights_file") or encoder.backbone.get("checkpoint")
-        console.print(f"[yellow]warning:[/yellow] {source} differs from the weights the index was built "
+        console.print(f"[yellow]warning:[/yellow] {escape(str(source))} differs from the weights the index was built "
                       "with (SHA-256); distances will not be meaningful unless the gallery is indexed again",
                       highlight=False, soft_wrap=True)
     return encoder
@@ -373,6 +376,7 @@ def _run_data(cfg, state: dict, ckpt: dict, image_size: int | None) -> tuple[dic
     """The run's model inputs and eval preprocessing, from its datamodule when its data can be
     loaded (exact normalisation statistics); otherwise from the config and the weights."""
     from hydra.utils import instantiate
+    from rich.markup import escape
 
     from lab.console import console
 
@@ -407,7 +411,7 @@ def _run_data(cfg, state: dict, ckpt: dict, image_size: int | None) -> tuple[dic
         mean, std = [0.0] * channels, [1.0] * channels
     else:
         mean, std = [0.5] * channels, [0.25] * channels
-        console.print(f"[yellow]warning:[/yellow] the run's data could not be loaded ({reason}), so its "
+        console.print(f"[yellow]warning:[/yellow] the run's data could not be loaded ({escape(reason)}), so its "
                       "normalisation statistics are unknown; using mean 0.5, std 0.25", highlight=False,
                       soft_wrap=True)
     resize = as_size(data.get("resize"))

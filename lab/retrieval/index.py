@@ -133,8 +133,9 @@ def load_index(path: str | os.PathLike) -> RetrievalIndex:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise IndexFileError(f"{meta_file}: not a lab.retrieve index (format {found!r}, expected {FORMAT!r})")
-    if int(meta.get("version", 0)) > VERSION:
-        raise IndexFileError(f"{meta_file}: index version {meta['version']} is newer than this lab ({VERSION})")
+    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+        raise IndexFileError(f"{meta_file}: index version {meta.get('version')!r} is not one this lab reads "
+                             f"(1..{VERSION})")
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise IndexFileError(f"{meta_file}: index is missing {', '.join(missing)}")
@@ -145,13 +146,17 @@ def load_index(path: str | os.PathLike) -> RetrievalIndex:
     except (OSError, ValueError, EOFError) as err:
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise IndexFileError(f"{features_file}: not a valid features file ({reason}); build the index again") from None
-    count, dim = int(meta["count"]), int(meta["feature_dim"])
+    try:
+        count, dim = int(meta["count"]), int(meta["feature_dim"])
+        paths, labels, names = list(meta["paths"]), list(meta["labels"]), list(meta["class_names"])
+        dict(meta["backbone"]), dict(meta["preprocess"])
+    except (TypeError, ValueError) as err:
+        raise IndexFileError(f"{meta_file}: malformed index ({type(err).__name__}: {err})") from None
     if features.dtype not in (np.float32, np.float16) or features.shape != (count, dim):
         raise IndexFileError(f"{features_file}: expected float32 [{count}, {dim}], found {features.dtype} "
-                          f"{list(features.shape)}; build the index again")
-    labels = meta["labels"]
-    if len(meta["paths"]) != count or len(labels) != count:
-        raise IndexFileError(f"{meta_file}: {len(meta['paths'])} paths and {len(labels)} labels for {count} features")
-    if any(not isinstance(v, int) or not -1 <= v < len(meta["class_names"]) for v in labels):
-        raise IndexFileError(f"{meta_file}: labels out of range of the {len(meta['class_names'])} class names")
+                             f"{list(features.shape)}; build the index again")
+    if len(paths) != count or len(labels) != count:
+        raise IndexFileError(f"{meta_file}: {len(paths)} paths and {len(labels)} labels for {count} features")
+    if any(not isinstance(v, int) or not -1 <= v < len(names) for v in labels):
+        raise IndexFileError(f"{meta_file}: labels out of range of the {len(names)} class names")
     return RetrievalIndex(path, features.astype(np.float32, copy=False), meta)
