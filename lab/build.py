@@ -69,7 +69,29 @@ def build_parts(cfg: DictConfig) -> Parts:
         scheduler=scheduler,
         **datamodule.task_inputs(),
     )
+    apply_speed_switches(task, cfg.get("trainer") or {})
     return Parts(datamodule, model, task)
+
+
+# Keys of the trainer node that are lab's, not Lightning Trainer arguments.
+SPEED_KEYS = ("channels_last", "compile")
+
+
+def apply_speed_switches(task: Any, trainer_cfg: Any) -> None:
+    """trainer.channels_last and trainer.compile, applied to the task's model.
+
+    channels_last turns on the task's NHWC layout (tasks without images have none and ignore
+    it). compile wraps the model's forward with torch.compile in place (nn.Module.compile), so
+    parameter names, checkpoints and strict loading stay as without it."""
+    if trainer_cfg.get("channels_last") and hasattr(task, "channels_last"):
+        task.channels_last = True
+    if trainer_cfg.get("compile"):
+        from lab.errors import ConfigError
+
+        model = getattr(task, "model", None)
+        if model is None or not callable(getattr(model, "compile", None)):
+            raise ConfigError(f"trainer.compile=true needs a task with a torch model; {type(task).__name__} has none")
+        model.compile()
 
 
 def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, **kwargs: Any):
@@ -80,10 +102,18 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     """
     from hydra.utils import instantiate
 
+    from lab.distributed import install_launcher_patch, reset_after_previous_job
+
+    reset_after_previous_job()  # the next job of a multirun starts its own DDP processes
+    install_launcher_patch()  # rank > 0 processes re-run this job, into this job's folder
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     if not fitting:
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
         callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
     found = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c] if loggers else []
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=found or False, **kwargs)
+    # Resolved in the whole config (interpolations), minus lab's own keys.
+    node = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
+    # lab's loaders shard by rank themselves; a run config saved before the key existed gets the same.
+    node.setdefault("use_distributed_sampler", False)
+    return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)

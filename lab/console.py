@@ -1,4 +1,7 @@
-"""What a run prints: the composed config as a tree, and the final metrics table."""
+"""What a run prints: the composed config as a tree, and the final metrics table.
+
+Under DDP only rank 0 prints (the other processes run the same job and would repeat every
+line); errors print on every rank, prefixed with the rank when it is not 0."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-console = Console()
+from lab.distributed import is_rank_zero, rank_prefix
+
+console = Console(quiet=not is_rank_zero())
+_errors = Console()  # errors: every rank
 
 _ORDER = ("data", "model", "task", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths")
 
@@ -47,4 +53,5 @@ def print_error(message: str) -> None:
     """`error: <message>`, the message taken literally (a `[train, val]` in it is text, not rich markup)."""
     from rich.markup import escape
 
-    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    _errors.print(f"{escape(rank_prefix())}[bold red]error:[/bold red] {escape(message)}", highlight=False,
+                  soft_wrap=True)

@@ -253,8 +253,11 @@ def run_job(body: Callable[[Job, Path], Any]) -> Any:
         raise RuntimeError("run_job needs launch() to prepare the job first")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if job.argv:
-        # The whole command line again: Lightning's DDP launcher re-runs it for the other processes.
-        sys.argv = list(job.argv)
+        # DDP: rank > 0 processes re-run the user's whole command line (Hydra only saw the entry's
+        # own keys), into this job's folder (lab.distributed adds hydra.run.dir).
+        from lab.distributed import set_child_args
+
+        set_child_args(job.argv[1:])
     try:
         return body(job, out_dir)
     except (LabError, InstantiationException, ValueError) as err:

@@ -98,9 +98,14 @@ class ConfusionMatrixLogger(L.Callback):
     # --- emit ------------------------------------------------------------------------
     def _finish(self, split: str, trainer: L.Trainer, pl_module: L.LightningModule, log: bool) -> None:
         counts = self._counts.pop(split, None)
+        n = pl_module.num_classes
+        if trainer.world_size > 1:
+            # Each process counted its own shard: sum them (every rank takes part, even one without batches).
+            if counts is None:
+                counts = torch.zeros(n * n, dtype=torch.long, device=pl_module.device)
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
         if counts is None:
             return
-        n = pl_module.num_classes
         matrix = counts.view(n, n).cpu().numpy()
         self.last[split] = matrix
         if log and trainer.is_global_zero:

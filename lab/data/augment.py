@@ -63,6 +63,15 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
     return x.masked_fill(hole.unsqueeze(1), 0.0)
 
 
+def epoch_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A seed that depends only on (seed, epoch, rank); `seed` itself for epoch 0 of rank 0."""
+    if epoch == 0 and rank == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, rank, 0xA46]).generate_state(1)[0])
+
+
 class BatchTransform:
     """uint8 (N, C, H, W) -> normalised float, with train-time randomness from a seeded generator."""
 
@@ -87,13 +96,24 @@ class BatchTransform:
         self.resize = resize
         self.to_rgb = to_rgb
         self.seed = seed
+        self._stream_seed = int(seed)  # seed of the current epoch's random stream (set_epoch)
         self._generators: dict[str, torch.Generator] = {}
         self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        """Restart the random stream for train epoch `epoch` on process `rank`.
+
+        The augmentation of an epoch then depends on (seed, epoch, rank) only, not on how many
+        batches this object has transformed before: a resumed run replays the same crops and
+        flips, and DDP ranks draw different ones. Epoch 0 of rank 0 is the stream of a fresh
+        transform."""
+        self._stream_seed = epoch_stream_seed(int(self.seed), int(epoch), int(rank))
+        self._generators.clear()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+            self._generators[key] = torch.Generator(device=device).manual_seed(self._stream_seed)
         return self._generators[key]
 
     def _scale_shift(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

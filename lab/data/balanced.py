@@ -20,10 +20,15 @@ class ClassBalancedBatchSampler:
 
     Usable as a DataLoader `batch_sampler` (it yields lists there) or by the in-memory
     fast path (tensors). One epoch has len(labels) // batch_size batches; the order is
-    a function of `seed` and the epoch number only."""
+    a function of `seed` and the epoch number only (`set_epoch`, which Lightning calls
+    through `.sampler` before every train epoch). Under DDP every rank draws the same
+    epoch and keeps every `world_size`-th batch from its `rank` on: disjoint batches, the
+    same number on every rank."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, samples_per_class: int, seed: int = 0,
-                 as_list: bool = False) -> None:
+                 as_list: bool = False, rank: int = 0, world_size: int = 1) -> None:
+        from lab.distributed import EpochHook
+
         labels = torch.as_tensor(labels).long().cpu()
         k = int(samples_per_class)
         if k < 2:
@@ -44,10 +49,18 @@ class ClassBalancedBatchSampler:
         self.seed = int(seed)
         self.epoch = 0
         self.as_list = as_list
-        self._len = max(len(labels) // self.batch_size, 1)
+        self.rank, self.world_size = int(rank), max(int(world_size), 1)
+        # Batches drawn per epoch (all ranks together) and kept by each rank.
+        self._per_rank = max(len(labels) // self.batch_size // self.world_size, 1)
+        self._len = self._per_rank * self.world_size
+        self.sampler = EpochHook(self.set_epoch)  # where Lightning looks for set_epoch on a batch sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iteration yields epoch `epoch`'s batches (then the epoch counts on by itself)."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self._len
+        return self._per_rank
 
     def __iter__(self) -> Iterator[torch.Tensor | list[int]]:
         gen = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
@@ -55,7 +68,7 @@ class ClassBalancedBatchSampler:
         k = self.samples_per_class
         pools = [members[torch.randperm(len(members), generator=gen)] for members in self.by_class]
         used = [0] * len(pools)
-        for _ in range(self._len):
+        for b in range(self._len):
             # Classes with the most unused images first, ties broken at random: every image
             # is visited about once per epoch and no class is starved.
             remaining = torch.tensor([len(p) - u for p, u in zip(pools, used)], dtype=torch.float64)
@@ -72,5 +85,7 @@ class ClassBalancedBatchSampler:
                     used[c] += k
                 else:  # fewer than K images in the class: draw with replacement
                     parts.append(pool[torch.randint(len(pool), (k,), generator=gen)])
+            if b % self.world_size != self.rank:
+                continue  # another rank's batch (drawn here too: every rank follows the same stream)
             batch = torch.cat(parts)
             yield batch.tolist() if self.as_list else batch

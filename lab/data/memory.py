@@ -29,8 +29,15 @@ AUGMENT_KEYS = {"crop_padding", "hflip", "cutout"}
 class TensorBatchLoader:
     """Iterates (uint8 images, labels) batches over in-memory tensors.
 
-    Shuffling uses a generator seeded with `seed + epoch`, so runs are repeatable.
-    A final training batch of a single sample is dropped (BatchNorm cannot use it).
+    Shuffling uses a generator seeded with `seed + epoch`, so an epoch's order depends on
+    (seed, epoch) only; `set_epoch` picks the epoch (Lightning calls it through `.sampler`
+    before every train epoch) and otherwise each pass counts one on. A final training batch
+    of a single sample is dropped (BatchNorm cannot use it).
+
+    Under DDP (`world_size` > 1) each rank iterates its own shard: a training loader takes
+    every `world_size`-th sample of the epoch's common permutation, the same number on every
+    rank (the remainder is left out, a different part each epoch); an evaluation loader takes
+    a contiguous slice with no padding, so each sample is counted exactly once.
     """
 
     def __init__(
@@ -41,7 +48,13 @@ class TensorBatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         batch_sampler=None,
+        rank: int = 0,
+        world_size: int = 1,
+        train: bool | None = None,
+        on_epoch=None,
     ) -> None:
+        from lab.distributed import EpochHook, eval_shard, train_shard_size
+
         if images.dtype != torch.uint8:
             raise TypeError(f"images must be uint8, got {images.dtype}")
         if len(images) != len(labels):
@@ -50,36 +63,100 @@ class TensorBatchLoader:
         self.labels = labels
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
+        self.train = shuffle if train is None else bool(train)
         self.seed = seed
         self.epoch = 0
+        self.rank, self.world_size = int(rank), max(int(world_size), 1)
         self.batch_sampler = batch_sampler  # yields index tensors (class-balanced batches)
         n = len(images)
-        self._num_batches = -(-n // self.batch_size)
-        if shuffle and n > 1 and n % self.batch_size == 1:
+        if self.train:
+            self._start, self._count = 0, train_shard_size(n, self.world_size)
+        else:
+            self._start, stop = eval_shard(n, self.rank, self.world_size)
+            self._count = stop - self._start
+        self._num_batches = -(-self._count // self.batch_size)
+        if self.train and self._count > 1 and self._count % self.batch_size == 1:
             self._num_batches -= 1
+        if self.shuffle or batch_sampler is not None:
+            # Lightning's per-epoch set_epoch call looks for it on `.sampler`.
+            self.sampler = EpochHook(on_epoch or self.set_epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass yields epoch `epoch` (order a function of seed and epoch only)."""
+        self.epoch = int(epoch)
+        if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.batch_sampler) if self.batch_sampler is not None else self._num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
         if self.batch_sampler is not None:
             for idx in self.batch_sampler:
                 idx = idx.to(self.images.device)
                 yield self.images[idx], self.labels[idx]
             return
-        n = len(self.images)
-        order = None
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=gen).to(self.images.device)
-        self.epoch += 1
-        for b in range(self._num_batches):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
-            if order is None:
+        if not self.train:  # a contiguous slice: batches are views, no gather
+            for b in range(self._num_batches):
+                lo = self._start + b * self.batch_size
+                hi = min(lo + self.batch_size, self._start + self._count)
                 yield self.images[lo:hi], self.labels[lo:hi]
-            else:
-                idx = order[lo:hi]
-                yield self.images[idx], self.labels[idx]
+            return
+        order = shard_order(len(self.images), self.shuffle, self.seed, epoch, self.rank, self.world_size)
+        order = order.to(self.images.device)
+        for b in range(self._num_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+def shard_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Training indices of `rank` for `epoch`: every rank cuts the same permutation (seeded with
+    seed + epoch, or 0..n-1 unshuffled) into equal, disjoint, strided parts."""
+    from lab.distributed import train_shard_size
+
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    else:
+        order = torch.arange(n)
+    if world_size > 1:
+        order = order[rank : train_shard_size(n, world_size) * world_size : world_size]
+    return order
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """The DataLoader path's sampler: the same per-rank indices as TensorBatchLoader.
+
+    Training: `shard_order` (Lightning calls `set_epoch` before every epoch). Evaluation: the
+    rank's contiguous slice in stored order, no padding (Lightning's DistributedSampler would
+    repeat samples to even out the ranks and count them twice)."""
+
+    def __init__(self, n: int, train: bool, shuffle: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        from lab.distributed import eval_shard, train_shard_size
+
+        self.n, self.train, self.shuffle, self.seed = int(n), bool(train), bool(shuffle), int(seed)
+        self.rank, self.world_size = int(rank), max(int(world_size), 1)
+        self.epoch = 0
+        if self.train:
+            self._len = train_shard_size(self.n, self.world_size)
+        else:
+            self._start, stop = eval_shard(self.n, self.rank, self.world_size)
+            self._len = stop - self._start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1
+        if not self.train:
+            return iter(range(self._start, self._start + self._len))
+        return iter(shard_order(self.n, self.shuffle, self.seed, epoch, self.rank, self.world_size).tolist())
 
 
 class _SampleDataset(torch.utils.data.Dataset):
@@ -167,6 +244,7 @@ class InMemoryClassificationData(L.LightningDataModule):
         self.noise_mapping = noise_mapping
         self.train_on = _check_train_on(train_on)
         self.predict_split = "test"  # the split predict_dataloader serves (lab.predict split=...)
+        self.epoch = 0  # the train epoch the next train batches belong to (set_epoch)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.clean_train_labels: torch.Tensor | None = None
         self.mean: list[float] = []
@@ -264,33 +342,71 @@ class InMemoryClassificationData(L.LightningDataModule):
         return {**args, "resize": self.resize, "to_rgb": self.to_rgb}
 
     def _loader(self, split: str, train: bool):
+        """A loader of `split` for this process: its DDP shard (the whole split in one process)."""
+        from lab.distributed import rank_and_world
+
         self._ensure_loaded()
         images, labels = self.splits[split]
         batch_size = self.batch_size if train else self.eval_batch_size
+        trainer = getattr(self, "trainer", None)
+        rank, world = rank_and_world(trainer)
+        # Lightning's overfit_batches means the same few batches every epoch: no shuffling.
+        shuffle = train and not (trainer is not None and trainer.overfit_batches)
         sampler = None
         if train and self.samples_per_class:
             from lab.data.balanced import ClassBalancedBatchSampler
 
             sampler = ClassBalancedBatchSampler(labels, batch_size, self.samples_per_class, seed=self.seed,
-                                                as_list=not self.fast_path)
+                                                as_list=not self.fast_path, rank=rank, world_size=world)
+            sampler.set_epoch(self.epoch)
         if self.fast_path:
             device = self._device()
             if device.type == "cuda" and images.device != device:  # the dataset moves to the GPU once
                 self.splits[split] = (images.to(device), labels.to(device))
                 images, labels = self.splits[split]
-            return TensorBatchLoader(images, labels, batch_size, shuffle=train, seed=self.seed, batch_sampler=sampler)
-        transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
-                                         **self._transform_args(train))
-        dataset = _SampleDataset(images, labels, transform)
-        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
-                   "pin_memory": torch.cuda.is_available()}
-        if sampler is not None:
-            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **workers)
-        gen = torch.Generator().manual_seed(self.seed)
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, generator=gen,
-            drop_last=train and len(labels) % batch_size == 1, **workers,
-        )
+            loader = TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=self.seed,
+                                       batch_sampler=sampler, rank=rank, world_size=world, train=train,
+                                       on_epoch=self.set_epoch if train else None)
+        else:
+            transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
+                                             **self._transform_args(train))
+            dataset = _SampleDataset(images, labels, transform)
+            workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
+                       "pin_memory": torch.cuda.is_available()}
+            if sampler is not None:
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **workers)
+            else:
+                # Our own per-rank sampler (trainer.use_distributed_sampler is off: Lightning's pads eval sets).
+                shard = ShardSampler(len(labels), train=train, shuffle=shuffle, seed=self.seed, rank=rank,
+                                     world_size=world)
+                gen = torch.Generator().manual_seed(self.seed)  # worker seeds
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_size=batch_size, sampler=shard, generator=gen,
+                    drop_last=train and len(shard) % batch_size == 1, **workers,
+                )
+        if train:
+            self._train_loader = loader
+            self.set_epoch(self.epoch)
+        return loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make train epoch `epoch`'s batch order and augmentation a function of (seed, epoch) only.
+
+        Called before every train epoch (by Lightning through the train loader, and by whoever
+        resumes a run), so epoch e of a resumed run is epoch e of an uninterrupted one."""
+        from lab.distributed import rank_and_world
+
+        self.epoch = int(epoch)
+        loader = getattr(self, "_train_loader", None)
+        if isinstance(loader, TensorBatchLoader):
+            loader.set_epoch(self.epoch)
+        elif loader is not None:
+            for part in (loader.sampler, loader.batch_sampler):
+                if callable(getattr(part, "set_epoch", None)):
+                    part.set_epoch(self.epoch)
+        if self.splits:
+            rank, _ = rank_and_world(getattr(self, "trainer", None))
+            self.batch_transform(True).set_epoch(self.epoch, rank)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Fast path: uint8 batches become augmented, normalised floats on the device."""

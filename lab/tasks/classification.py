@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from lab.errors import ConfigError
@@ -98,6 +98,10 @@ class ClassificationTask(L.LightningModule):
         self.train_acc = accuracies("train/")
         self.val_acc = accuracies("val/")
         self.test_acc = accuracies("test/")
+        # val/test loss as a sample-weighted mean whose sums are synced across DDP processes:
+        # with each sample on exactly one rank, N processes give the single-process value.
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         self.val_top1_best = MaxMetric()
         self.best_epoch: int | None = None  # epoch of the best val/top1 (metrics.json: best_epoch)
 
@@ -108,7 +112,6 @@ class ClassificationTask(L.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
-
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, metrics: MetricCollection):
         x, y = batch
         if self.channels_last:  # NHWC: faster convolutions on CPU (oneDNN) and tensor-core GPUs
@@ -116,11 +119,21 @@ class ClassificationTask(L.LightningModule):
         logits = self(x)
         loss = self.criterion(logits, y)
         metrics.update(logits.detach(), y)
-        self.log(f"{split}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=split == "train",
-                 batch_size=len(y))
+        self.log_loss(split, loss, len(y), prog_bar=split == "train")
         for key, metric in metrics.items():
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=key == "val/top1")
         return loss, logits, y
+
+    def log_loss(self, split: str, loss: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:
+        """`{split}/loss` for the epoch: val/test through the synced MeanMetric (exact under DDP);
+        train as the mean over batches, averaged across processes (equal batches on every rank)."""
+        if split == "train":
+            self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=prog_bar,
+                     batch_size=batch_size, sync_dist=True)
+            return
+        metric = self.val_loss if split == "val" else self.test_loss
+        metric.update(loss.detach().float(), weight=batch_size)
+        self.log(f"{split}/loss", metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, _ = self._shared_step(batch, "train", self.train_acc)
@@ -147,14 +160,14 @@ class ClassificationTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/lr", float(lr), on_step=False, on_epoch=True)
+        self.log("train/lr", float(lr), on_step=False, on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         top1 = self.val_acc["top1"].compute()
         if not self.trainer.sanity_checking and (self.best_epoch is None or top1 > self.val_top1_best.compute()):
             self.best_epoch = self.current_epoch
         self.val_top1_best.update(top1)
-        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)
+        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True, sync_dist=True)  # equal on all ranks
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, self.parameters())

@@ -65,6 +65,17 @@ def find_classifier(model: nn.Module, num_classes: int) -> str:
     return found[-1]
 
 
+def gather_shards(part: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every process's rows, concatenated in rank order (to the CPU): each rank holds a disjoint
+    shard of the split, possibly one row longer than another, and no row is repeated.
+
+    Gathered on the training device (NCCL needs CUDA tensors); shards of unequal length are
+    padded for the transfer and trimmed after it (torchmetrics' gather_all_tensors)."""
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    return torch.cat([p.cpu() for p in gather_all_tensors(part.to(device))])
+
+
 class MetricLearningTask(ClassificationTask):
     """Triplet (+ CE) on the penultimate features, then CE on the classifier.
 
@@ -128,7 +139,7 @@ class MetricLearningTask(ClassificationTask):
         for param in self.model.parameters():
             in_classifier = param in classifier_params
             param.requires_grad_(stage == 0 or (stage == 1) != in_classifier)
-        self.log("train/stage", float(stage), on_step=False, on_epoch=True)
+        self.log("train/stage", float(stage), on_step=False, on_epoch=True, sync_dist=True)
 
     # --- steps -----------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,18 +156,18 @@ class MetricLearningTask(ClassificationTask):
             self.classifier.train()
             logits = self.classifier(feats)
             loss = self.criterion(logits, y)
-            self.log("train/ce_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+            self.log("train/ce_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         else:
             feats = self._embed(x)
             logits = self.classifier(feats)
             triplet, active = batch_hard_triplet_loss(feats, y, self.margin, self.distance)
             ce = self.criterion(logits, y)
             loss = self.triplet_weight * triplet + self.ce_weight * ce
-            self.log("train/triplet_loss", triplet.detach(), on_step=False, on_epoch=True, batch_size=len(y))
-            self.log("train/active_triplets", active, on_step=False, on_epoch=True, batch_size=len(y))
-            self.log("train/ce_loss", ce.detach(), on_step=False, on_epoch=True, batch_size=len(y))
+            for key, value in (("triplet_loss", triplet), ("active_triplets", active), ("ce_loss", ce)):
+                self.log(f"train/{key}", value.detach(), on_step=False, on_epoch=True, batch_size=len(y),
+                         sync_dist=True)
         self.train_acc.update(logits.detach(), y)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log_loss("train", loss, len(y), prog_bar=True)
         for key, metric in self.train_acc.items():
             self.log(key, metric, on_step=False, on_epoch=True)
         return loss
@@ -167,7 +178,7 @@ class MetricLearningTask(ClassificationTask):
         logits = self.classifier(feats)
         loss = self.criterion(logits, y)
         metrics.update(logits, y)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log_loss(split, loss, len(y))
         for key, metric in metrics.items():
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=key == "val/top1")
         self._features.setdefault(split, []).append((feats.detach().float().cpu(), y.detach().cpu()))
@@ -185,9 +196,8 @@ class MetricLearningTask(ClassificationTask):
             return
         feats = torch.cat([f for f, _ in parts])
         labels = torch.cat([y for _, y in parts])
-        feats, labels = self.all_gather(feats), self.all_gather(labels)
-        if feats.dim() == 3:  # gathered from several processes
-            feats, labels = feats.flatten(0, 1), labels.flatten(0, 1)
+        if self.trainer.world_size > 1:
+            feats, labels = gather_shards(feats, self.device), gather_shards(labels, self.device)
         if len(feats) < 2:
             return
         values = retrieval_metrics(feats.cpu(), labels.cpu(), ks=self.recall_ks, distance=self.distance)
