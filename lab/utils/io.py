@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temp file beside `path`, then rename it over `path`."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to a temp file beside `path`, fsync, then rename it over `path`: a reader
+    (a report run while the sweep writes) sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -25,6 +26,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write UTF-8 text (see atomic_write_bytes)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:
