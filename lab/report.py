@@ -5,7 +5,10 @@ One row per job, in the order Hydra's basic sweeper launches them, with status
 but without a result: still running or killed). The job list comes from
 multirun.yaml, expanded with Hydra's own override parser, so a sweep that is still
 running or stopped half-way shows every job it will have. Rows are never guessed:
-metrics come only from each job's metrics.json.
+metrics come only from each job's metrics.json. An Optuna study (hparams_search=optuna)
+picks its trials as it runs: its rows are the job folders (one per trial, failed trials
+included), with its objective val/top1_best as the first metric and its best trial from
+optimization_results.yaml above the table.
 
 Columns: the job number, the overridden parameters that *vary* across jobs, the
 metrics, the status. Keys overridden to the same value for every job (fast-run
@@ -43,6 +46,8 @@ STANDARD_METRICS = (
 # The columns of a sweep where no job has finished yet.
 FALLBACK_METRICS = ("val/loss", "val/top1", "val/top5", "test/loss", "test/top1", "test/top5",
                     "best_epoch", "wall_time_s")
+# What lab.run returns to a sweeper, so what an Optuna study optimizes; a column of its report.
+OPTUNA_OBJECTIVE = "val/top1_best"
 # Sorting by these puts the highest first (accuracies, R^2); every other metric lowest first.
 _HIGHER_IS_BETTER = re.compile(r"^(top\d+(_best)?|acc\w*|r2(_best)?|f1\w*|auroc|precision|recall)$")
 _INT_KEYS = {"best_epoch", "epochs", "seed"}
@@ -90,6 +95,7 @@ class Sweep:
     jobs: list[Job]
     command: list[str]  # the task overrides of `python -m lab.run -m ...`
     note: str = ""  # set when the job list could only be read from the job folders
+    optuna: dict[str, Any] | None = None  # an Optuna study: n_trials, direction, optimization_results.yaml
 
     @property
     def keys(self) -> list[str]:
@@ -124,10 +130,10 @@ class Sweep:
 def latest_sweep(root: str | os.PathLike | None = None) -> Path:
     """The newest sweep under `root` (default: $LAB_OUTPUT_DIR/multiruns, else outputs/multiruns)."""
     root = Path(root) if root is not None else Path(os.environ.get("LAB_OUTPUT_DIR") or "outputs") / "multiruns"
-    sweeps = [p.parent for p in root.glob("*/multirun.yaml")] if root.is_dir() else []
-    if not sweeps:
+    markers = [p for name in _SWEEP_MARKERS for p in root.glob(f"*/{name}")] if root.is_dir() else []
+    if not markers:
         raise ReportError(f"{root}: no sweep found; run one with `python -m lab.run -m ...` or pass its folder")
-    return max(sweeps, key=lambda p: (p / "multirun.yaml").stat().st_mtime)
+    return max(markers, key=lambda p: p.stat().st_mtime).parent
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:
@@ -141,7 +147,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
 
     if expected is None:
         jobs = [_job(_folder_num(folder), overrides, folder) for folder, overrides in found]
-        return Sweep(path, jobs, command, note)
+        return Sweep(path, jobs, command, note, _read_optuna(path, hydra_cfg))
 
     slots: list[Job | None] = [None] * len(expected)
     free: dict[tuple[str, ...], list[int]] = {}
@@ -166,12 +172,20 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     return Sweep(path, jobs, command, note)
 
 
+# A sweep folder holds multirun.yaml (Hydra's basic sweeper, or lab.sweep_status for any other);
+# an Optuna sweep made without lab's callback holds only optimization_results.yaml, once it ended.
+_SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml")
+_OPTUNA_TARGET = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
 def _read_multirun(path: Path) -> dict:
     if not path.exists():
         raise ReportError(f"{path}: no such folder; {SWEEP_EXPECTED}")
     if not path.is_dir():
         raise ReportError(f"{path} is a file, not a folder; {SWEEP_EXPECTED}")
     multirun = path / "multirun.yaml"
+    if not multirun.is_file() and (path / "optimization_results.yaml").is_file():
+        return {"hydra": {"sweeper": {"_target_": _OPTUNA_TARGET}}}  # jobs and command from the folders
     if not multirun.is_file():
         if (path / "metrics.json").exists() or (path / ".hydra").is_dir():
             raise ReportError(f"{path} is one run's folder, not a sweep: no multirun.yaml; {SWEEP_EXPECTED}")
@@ -238,6 +252,25 @@ def _expected_jobs(hydra_cfg: dict, command: list[str]) -> tuple[list[list[str]]
             except Exception as second:
                 err = second
         return None, f"jobs read from their folders: cannot expand the sweep's overrides ({_one_line(err)})"
+
+
+def _read_optuna(path: Path, hydra_cfg: dict) -> dict[str, Any] | None:
+    """An Optuna sweep's study: direction, n_trials, and the best trial once the study ended
+    (optimization_results.yaml: best_params and best_value, or the Pareto `solutions`)."""
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if "optuna" not in str(sweeper.get("_target_") or "").lower():
+        return None
+    study: dict[str, Any] = {"n_trials": sweeper.get("n_trials"), "direction": sweeper.get("direction")}
+    results = path / "optimization_results.yaml"
+    if results.is_file():
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(results.read_text())
+            study["results"] = loaded if isinstance(loaded, dict) else {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            study["error"] = f"unreadable optimization_results.yaml ({_one_line(err)})"
+    return study
 
 
 def _config_dir(hydra_cfg: dict) -> str:
@@ -344,7 +377,7 @@ class Table:
 
     def label(self, job: Job) -> str:
         """`key=value, ...` of the job's varying parameters (legend text); `job N` if none vary."""
-        return ", ".join(f"{k}={job.params.get(k, '')}" for k in self.params) or f"job {job.num}"
+        return ", ".join(f"{k}={_short(job.params.get(k, ''))}" for k in self.params) or f"job {job.num}"
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per row, raw values (floats at full precision, None where a value is absent)."""
@@ -365,7 +398,7 @@ class Table:
         status = job.status_text
         if len(status) > _DETAIL_WIDTH:
             status = status[: _DETAIL_WIDTH - 1] + "…"
-        return ["" if job.num is None else str(job.num), *(job.params.get(k, "") for k in self.params),
+        return ["" if job.num is None else str(job.num), *(_short(job.params.get(k, "")) for k in self.params),
                 *(format_value(m, job.metrics.get(m)) for m in self.metrics), status]
 
     def heading(self) -> list[str]:
@@ -379,6 +412,8 @@ class Table:
             lines.append(f"Command: `python -m lab.run -m {' '.join(shlex.quote(o) for o in self.sweep.command)}`")
         if self.sweep.fixed and self.sweep.varying:
             lines.append("Same for every job: " + ", ".join(f"`{k}={v}`" for k, v in self.sweep.fixed.items()))
+        if self.sweep.optuna is not None:
+            lines.append(_optuna_line(self.sweep))
         if self.sweep.note:
             lines.append(f"Note: {self.sweep.note}")
         return lines
@@ -406,23 +441,76 @@ class Table:
             writer.writerow({k: "" if v is None else v for k, v in record.items()})
         return out.getvalue()
 
-    def to_rich(self):
-        """The heading lines and the table, as one rich renderable."""
+    def to_rich(self, console=None):
+        """The heading lines and the table, as one rich renderable (sized for `console` if given)."""
         from rich.console import Group
-        from rich.table import Table as RichTable
         from rich.text import Text
+
+        table = self._rich_table(None)
+        if console is not None:
+            natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+            if natural > console.width:  # rich would squeeze the wrappable status column to nothing
+                table = self._rich_table(min(40, max([len("status"), *(len(self.cells(j)[-1]) for j in self.jobs)])))
+        return Group(*(Text(line) for line in self.heading()), table)
+
+    def _rich_table(self, status_width: int | None):
+        from rich.table import Table as RichTable
 
         table = RichTable(header_style="bold")
         for column in self.columns:
             numeric = column == "job" or column in self.metrics
             table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "status",
-                             overflow="fold")
+                             overflow="fold", width=status_width if column == "status" else None)
         styles = {"ok": "green", "failed": "red", "missing": "yellow"}
         for job in self.jobs:
             cells = self.cells(job)
             cells[-1] = f"[{styles[job.status]}]{_escape(cells[-1])}[/]"
             table.add_row(*cells[:-1], cells[-1])
-        return Group(*(Text(line) for line in self.heading()), table)
+        return table
+
+
+def _optuna_line(sweep: Sweep) -> str:
+    """`Optuna study (maximize, 20 trials): best job 7, value 0.9852 (optimization_results.yaml)`."""
+    study = sweep.optuna or {}
+    direction = study.get("direction")
+    direction = "/".join(map(str, direction)) if isinstance(direction, list) else direction
+    about = ", ".join(x for x in (str(direction or ""), f"{study['n_trials']} trials" if study.get("n_trials")
+                                  else "") if x)
+    line = "Optuna study" + (f" ({about})" if about else "") + ": "
+    results = study.get("results")
+    if study.get("error"):
+        return line + study["error"]
+    if results is None:
+        return line + "running or stopped (optimization_results.yaml is written when the study ends)"
+    if "best_value" not in results:
+        return line + f"{len(results.get('solutions') or [])} Pareto-optimal trials (optimization_results.yaml)"
+    best = {str(k): v for k, v in (results.get("best_params") or {}).items()}
+    jobs = [job.num for job in sweep.jobs if job.status == "ok" and _same_params(job.params, best)]
+    which = f"job {jobs[0]}" if jobs else ", ".join(f"{k}={v}" for k, v in best.items())
+    return line + f"best {which}, value {format_value('', results['best_value'])} (optimization_results.yaml)"
+
+
+def _same_params(params: dict[str, str], best: dict[str, Any]) -> bool:
+    """Whether a job's overrides hold the trial's parameters (written by Optuna as Python values)."""
+    for key, value in best.items():
+        if key not in params:
+            return False
+        mine, theirs = _maybe_float(params[key]), value
+        if isinstance(mine, float) and isinstance(theirs, (int, float)) and not isinstance(theirs, bool):
+            if not math.isclose(mine, float(theirs), rel_tol=1e-12):
+                return False
+        elif str(params[key]) != str(value):
+            return False
+    return True
+
+
+def _short(value: str) -> str:
+    """A long float parameter (Optuna's 0.0013292918943162175) to 4 significant digits for the
+    printed and markdown tables; values as typed on a command line stay as they are."""
+    if len(value) <= 8:
+        return value
+    number = _maybe_float(value)
+    return f"{number:.4g}" if isinstance(number, float) and math.isfinite(number) else value
 
 
 def _escape(text: str) -> str:
@@ -462,6 +550,8 @@ def select_metrics(sweep: Sweep, requested: list[str] | None = None) -> list[str
     available = available_metrics(sweep)
     if not requested:
         chosen = [k for k in STANDARD_METRICS if k in available]
+        if sweep.optuna is not None and OPTUNA_OBJECTIVE in available:
+            chosen.insert(0, OPTUNA_OBJECTIVE)  # what the study maximizes
         if not chosen:
             chosen = [k for k in available if k.startswith(("val/", "test/"))]
         return chosen or list(FALLBACK_METRICS)
@@ -542,6 +632,8 @@ def plot(table: Table, x: str | None = None, folder: str | os.PathLike | None = 
     running sweep fills in as jobs finish. Returns the PNG paths (none when no parameter
     varies or no job has a value).
     """
+    from lab.utils.io import atomic_write_bytes
+
     folder = Path(folder) if folder is not None else table.sweep.path
     if x is None:
         if not table.params:
@@ -556,7 +648,7 @@ def plot(table: Table, x: str | None = None, folder: str | os.PathLike | None = 
         if png is None:
             continue
         path = folder / f"plot_{re.sub(r'[^A-Za-z0-9_.-]+', '_', metric)}.png"
-        _atomic_write_bytes(path, png)
+        atomic_write_bytes(path, png)
         paths.append(path)
         images[f"report/{metric}"] = png
     if tensorboard and images:
@@ -581,7 +673,7 @@ def figure(table: Table, metric: str, x: str):
     categories = list(dict.fromkeys(all_x))
     series: dict[str, list[tuple[Any, float]]] = {}
     for job, xv, yv in points:
-        label = ", ".join(job.params.get(k, "") for k in others)  # the legend's title names the keys
+        label = ", ".join(_short(job.params.get(k, "")) for k in others)  # the legend's title names the keys
         series.setdefault(label, []).append((float(xv) if numeric else categories.index(xv), yv))
     for label, values in series.items():
         values.sort()
@@ -591,7 +683,7 @@ def figure(table: Table, metric: str, x: str):
         log = min(xs) > 0 and max(xs) / min(xs) >= 10
         if log:
             ax.set_xscale("log")
-        ticks = {float(v): v for v in all_x}  # every swept value, written as on the command line
+        ticks = {float(v): _short(v) for v in all_x}  # every swept value, written as on the command line
         if len(ticks) <= 12:
             ax.set_xticks(list(ticks), list(ticks.values()))
             ax.minorticks_off()
@@ -618,20 +710,6 @@ def _plot_png(table: Table, metric: str, x: str) -> bytes | None:
     buffer = io.BytesIO()
     figure(table, metric, x).savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _log_images(folder: Path, images: dict[str, bytes]) -> None:
@@ -697,8 +775,10 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.sweep) if args.sweep else latest_sweep()
         table = build_table(load_sweep(path), args.metrics, args.sort, args.reverse)
         if not console.is_terminal:
-            console.width = max(console.width, 160)  # a log file gets the whole table, not a wrapped one
-        console.print(table.to_rich())
+            # a log file gets the whole table, not a wrapped one
+            wide = console.options.update_width(100_000)
+            console.width = max(console.width, 160, console.measure(table.to_rich(), options=wide).maximum)
+        console.print(table.to_rich(console))
         try:
             written = list(write(table))
             if args.plot:

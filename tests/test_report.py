@@ -339,3 +339,55 @@ def test_importing_the_entry_point_is_light():
             "'hydra', 'rich') if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def _optuna_sweep(path: Path, results: dict | None) -> Path:
+    """An Optuna study's folder: trials 0 and 2 finished, trial 1 failed; optimization_results.yaml when ended."""
+    make_sweep(path, ["hparams_search=optuna", "trainer.max_epochs=3"], {
+        0: {"overrides": ["optimizer.lr=0.0013292918943162175", "model.dropout=0.1", "hparams_search=optuna"],
+            "metrics": {**METRICS, "val/top1_best": 0.91}},
+        1: {"overrides": ["optimizer.lr=0.00029380279387035364", "model.dropout=1.5", "hparams_search=optuna"],
+            "error": {"error": "model.dropout must be in [0, 1), got 1.5", "type": "InstantiationException"}},
+        2: {"overrides": ["optimizer.lr=0.006358358856676255", "model.dropout=0.1", "hparams_search=optuna"],
+            "metrics": {**METRICS, "val/top1_best": 0.95}},
+    }, sweeper="hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    config = yaml.safe_load((path / "multirun.yaml").read_text())
+    config["hydra"]["sweeper"].update({"direction": "maximize", "n_trials": 20})
+    (path / "multirun.yaml").write_text(yaml.safe_dump(config))
+    if results is not None:
+        (path / "optimization_results.yaml").write_text(yaml.safe_dump(results, sort_keys=False))
+    return path
+
+
+def test_optuna_study_best_trial_objective_first_and_short_parameters(tmp_path):
+    path = _optuna_sweep(tmp_path / "study", {"name": "optuna", "best_params": {
+        "optimizer.lr": 0.006358358856676255, "model.dropout": 0.1}, "best_value": 0.95})
+    table = build_table(load_sweep(path))
+    assert table.metrics[0] == "val/top1_best"  # the study's objective
+    md = table.to_markdown()
+    assert "Optuna study (maximize, 20 trials): best job 2, value 0.9500 (optimization_results.yaml)" in md
+    assert "| 2 | 0.006358 | 0.1 | 0.9500 |" in md  # 4 significant digits in the tables
+    assert "| 1 | 0.0002938 | 1.5 |" in md and "failed: model.dropout must be in [0, 1), got 1.5 |" in md
+    rows = list(csv.DictReader(io.StringIO(table.to_csv())))
+    assert rows[2]["optimizer.lr"] == "0.006358358856676255"  # full precision for machines
+
+
+def test_optuna_study_still_running_or_without_multirun_yaml(tmp_path, monkeypatch, capsys):
+    running = _optuna_sweep(tmp_path / "multiruns" / "a_running", None)
+    assert "Optuna study (maximize, 20 trials): running or stopped" in build_table(load_sweep(running)).to_markdown()
+    # a study made without lab's callback: no multirun.yaml, only the sweeper's results
+    bare = _optuna_sweep(tmp_path / "multiruns" / "b_bare", {"name": "optuna", "best_params": {}, "best_value": 0.9})
+    (bare / "multirun.yaml").unlink()
+    monkeypatch.setenv("LAB_OUTPUT_DIR", str(tmp_path))
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "Sweep `b_bare`: 3 jobs: 2 ok, 1 failed" in out and "OptunaSweeper picks its jobs" in out
+
+
+def test_a_narrow_terminal_still_shows_the_status(tmp_path):
+    from rich.console import Console
+
+    path = _optuna_sweep(tmp_path / "study", None)
+    console = Console(width=90, record=True, force_terminal=False)
+    console.print(build_table(load_sweep(path)).to_rich(console))
+    assert "failed: model.dropout" in console.export_text()
