@@ -23,13 +23,15 @@ FAILURE = "model.dropout must be in [0, 1), got 1.5"
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory) -> Path:
-    """Job 0 trains, job 1 fails at model build, job 2 still runs (a failed job does not stop
-    the sweep), and the sweep's exit status says that some job failed."""
+    """A 4-job sweep: job 1 fails at model build, jobs 0, 2 and 3 still run (a failed job does not
+    stop the sweep), job 1's folder has error.json instead of metrics.json, and the sweep's exit
+    status (1) says that some job failed."""
     out = tmp_path_factory.mktemp("report_sweep")
-    result = run_cli(["-m", "model.dropout=0.2,1.5,0.3", *FAST, f"hydra.sweep.dir={out}"], cwd=out)
-    assert (out / "0" / "metrics.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
-    assert (out / "2" / "metrics.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.returncode != 0
+    result = run_cli(["-m", "model.dropout=0.2,1.5,0.3,0.1", *FAST, f"hydra.sweep.dir={out}"], cwd=out)
+    for job in (0, 2, 3):
+        assert (out / str(job) / "metrics.json").exists(), result.stdout[-3000:] + result.stderr[-3000:]
+    assert (out / "1" / "error.json").exists() and not (out / "1" / "metrics.json").exists()
+    assert result.returncode == 1
     return out
 
 
@@ -41,14 +43,14 @@ def test_report_of_a_real_sweep_with_a_failed_job(sweep_dir):
     assert "failed: model.dropout must be" in result.stdout
 
     rows = list(csv.DictReader((sweep_dir / "table.csv").open()))
-    assert [(r["job"], r["model.dropout"]) for r in rows] == [("0", "0.2"), ("1", "1.5"), ("2", "0.3")]
+    assert [(r["job"], r["model.dropout"]) for r in rows] == [("0", "0.2"), ("1", "1.5"), ("2", "0.3"), ("3", "0.1")]
     assert "trainer.max_epochs" in rows[0]  # fixed overrides: a CSV column, a line above the markdown table
     metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
     assert rows[0]["status"] == "ok"
     for key in ("val/loss", "val/top1", "test/top1", "test/top5", "best_epoch", "wall_time_s"):
         assert float(rows[0][key]) == pytest.approx(float(metrics[key]))
     assert (rows[1]["status"], rows[1]["error"]) == ("failed", FAILURE)
-    assert rows[2]["status"] == "ok"
+    assert rows[2]["status"] == rows[3]["status"] == "ok"
 
     md = (sweep_dir / "table.md").read_text()
     assert "| job | model.dropout | val/loss | val/top1 | val/top5 | test/loss | test/top1 | test/top5 |" in md
@@ -69,9 +71,9 @@ def test_sweep_analysis_notebook_runs_on_the_sweep(sweep_dir):
     markdown = [out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})]
     assert markdown and f"failed: {FAILURE}" in markdown[0]
     text = "".join(out.get("text", "") for out in outputs)
-    scores = {j: json.loads((sweep_dir / str(j) / "metrics.json").read_text())["val/top1"] for j in (0, 2)}
-    best = [j for j in scores if scores[j] == max(scores.values())]  # job 1 failed; a tie allows either
-    dropout = {0: "0.2", 2: "0.3"}
+    scores = {j: json.loads((sweep_dir / str(j) / "metrics.json").read_text())["val/top1"] for j in (0, 2, 3)}
+    best = [j for j in scores if scores[j] == max(scores.values())]  # job 1 failed; a tie allows any
+    dropout = {0: "0.2", 2: "0.3", 3: "0.1"}
     assert any(f"best by val/top1: job {j} {{'model.dropout': '{dropout[j]}'}}" in text for j in best), text
     images = [out for out in outputs if "image/png" in out.get("data", {})]
     assert len(images) == 2, text  # the TensorBoard curves, and test/top1 against the dropout
