@@ -94,6 +94,19 @@ def apply_speed_switches(task: Any, trainer_cfg: Any) -> None:
         model.compile()
 
 
+def _task_class_flag(cfg: DictConfig, name: str) -> bool:
+    """A class attribute of the configured task (without building it)."""
+    target = OmegaConf.select(cfg, "task._target_")
+    if not target:
+        return False
+    from hydra.utils import get_class
+
+    try:
+        return bool(getattr(get_class(str(target)), name, False))
+    except Exception:  # noqa: BLE001 - an unknown target fails later, with Hydra's own message
+        return False
+
+
 def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, **kwargs: Any):
     """The Trainer with the config's callbacks and loggers.
 
@@ -116,4 +129,6 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     node = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
     # lab's loaders shard by rank themselves; a run config saved before the key existed gets the same.
     node.setdefault("use_distributed_sampler", False)
+    if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
+        node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
     return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)

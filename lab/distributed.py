@@ -25,6 +25,9 @@ _RANK_ENV = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "J
 # Overrides the child command sets itself (or that would turn it into a sweep).
 _CHILD_OWN = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name", "hydra.mode")
 
+# lab's Hydra entry points by their primary config.
+_ENTRY_BY_CONFIG = {"config": "lab.run", "eval": "lab.eval", "predict": "lab.predict"}
+
 _child_args: list[str] | None = None
 
 
@@ -82,8 +85,12 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
 
     hydra_cfg = HydraConfig.get()
     spec = getattr(__main__, "__spec__", None)
-    if spec is not None and spec.name:
-        command = [sys.executable, "-m", spec.name.removesuffix(".__main__")]
+    main_module = spec.name.removesuffix(".__main__") if spec is not None and spec.name else None
+    if main_module is None or not main_module.startswith("lab."):
+        # A launcher's own process (submitit, joblib) runs the job: name lab's entry from its config.
+        main_module = _ENTRY_BY_CONFIG.get(str(hydra_cfg.job.config_name), main_module)
+    if main_module:
+        command = [sys.executable, "-m", main_module]
     else:
         command = [sys.executable, os.path.abspath(sys.argv[0])]
     args = list(_child_args) if _child_args is not None else [str(o) for o in hydra_cfg.overrides.task]
@@ -139,6 +146,18 @@ def train_shard_size(n: int, world_size: int) -> int:
     """Samples each rank trains on per epoch: the same on every rank (the remainder of the epoch's
     permutation is dropped, a different part each epoch), so no rank waits on a missing batch."""
     return n // world_size if world_size > 1 else n
+
+
+def gather_shards(part: Any, device: Any) -> Any:
+    """Every process's rows of a tensor, concatenated in rank order, on the CPU.
+
+    Each rank holds a disjoint shard of the split (possibly one row longer than another); no
+    row is repeated. Moved to `device` for the transfer (NCCL needs CUDA tensors); unequal
+    lengths are padded for it and trimmed after (torchmetrics' gather_all_tensors)."""
+    import torch
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    return torch.cat([p.cpu() for p in gather_all_tensors(part.to(device))])
 
 
 class EpochHook:

@@ -83,9 +83,17 @@ def predict(job, out_dir: Path, split: str = "test", top_k: int = 5) -> Path:
     if trainer.is_global_zero:
         write_provenance(job, out_dir, {"split": split, "top_k": top_k})
     batches = trainer.predict(task, datamodule=datamodule, return_predictions=True) or []
-    probs = torch.cat([b["probs"] for b in batches]).cpu()
+    probs = torch.cat([b["probs"] for b in batches]).cpu() if batches else torch.empty(0, task.num_classes)
     targets = [b["target"] for b in batches]
     labels = torch.cat(targets).cpu() if targets and all(t is not None for t in targets) else None
+    if trainer.world_size > 1:
+        # Each process predicted its own contiguous slice of the split: rank order is stored order.
+        from lab.distributed import gather_shards
+
+        device = trainer.strategy.root_device
+        probs = gather_shards(probs, device)
+        labels = gather_shards(labels if labels is not None else torch.empty(0, dtype=torch.long), device)
+        labels = labels if len(labels) == len(probs) else None
     paths = _sample_paths(datamodule, split, len(probs))
     path = out_dir / "predictions.csv"
     if trainer.is_global_zero:

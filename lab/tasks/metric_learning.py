@@ -65,22 +65,15 @@ def find_classifier(model: nn.Module, num_classes: int) -> str:
     return found[-1]
 
 
-def gather_shards(part: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Every process's rows, concatenated in rank order (to the CPU): each rank holds a disjoint
-    shard of the split, possibly one row longer than another, and no row is repeated.
-
-    Gathered on the training device (NCCL needs CUDA tensors); shards of unequal length are
-    padded for the transfer and trimmed after it (torchmetrics' gather_all_tensors)."""
-    from torchmetrics.utilities.distributed import gather_all_tensors
-
-    return torch.cat([p.cpu() for p in gather_all_tensors(part.to(device))])
-
-
 class MetricLearningTask(ClassificationTask):
     """Triplet (+ CE) on the penultimate features, then CE on the classifier.
 
     Logs train/triplet_loss, train/ce_loss, train/active_triplets, train/stage, and
     {val,test}/{precision_at_1, recall_at_1, recall_at_5, recall_at_10, map_at_r}."""
+
+    # Each stage leaves a part of the model without gradients (the frozen classifier, the
+    # frozen features): DDP must look for unused parameters (lab.build switches it on).
+    ddp_unused_parameters = True
 
     def __init__(
         self,
@@ -197,6 +190,8 @@ class MetricLearningTask(ClassificationTask):
         feats = torch.cat([f for f, _ in parts])
         labels = torch.cat([y for _, y in parts])
         if self.trainer.world_size > 1:
+            from lab.distributed import gather_shards
+
             feats, labels = gather_shards(feats, self.device), gather_shards(labels, self.device)
         if len(feats) < 2:
             return
