@@ -78,7 +78,7 @@ def optuna_problem(config: DictConfig) -> str | None:
                 f"(lab.run returns val/top1_best); sweep a grid instead, e.g. -m sweep=lr or "
                 f"optimizer.lr=0.001,0.01,0.1")
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    what = ", ".join(f"{g}={choices.get(g)}" for g in ("experiment", "model", "optimizer") if g in choices)
+    what = ", ".join(f"{g}={choices[g]}" for g in ("experiment", "model", "optimizer") if choices.get(g))
     for key in params:
         key = str(key)
         if key.startswith(("+", "~")) or OmegaConf.select(config, key, default=_MISSING) is not _MISSING:
