@@ -21,8 +21,10 @@ from lab.errors import NonFiniteLossError
 class FiniteLossCheck(Callback):
     """Raise NonFiniteLossError (one line: value, step, epoch, batch, lr and what to try)."""
 
-    def __init__(self, check_every_n_steps: int = 50) -> None:
+    def __init__(self, check_every_n_steps: int = 50, defer: bool | None = None) -> None:
+        """`defer`: read the loss only every `check_every_n_steps` steps; None = on accelerators only."""
         self.every = max(1, int(check_every_n_steps))
+        self.defer = defer
         self._reset()
 
     def _reset(self) -> None:
@@ -39,7 +41,7 @@ class FiniteLossCheck(Callback):
         lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
         where = (int(trainer.global_step), int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_idx), lr)
         loss = loss.detach()
-        if loss.device.type == "cpu":  # reading it costs nothing
+        if not (loss.device.type != "cpu" if self.defer is None else self.defer):  # reading it costs nothing
             value = float(loss.float().sum())
             if not math.isfinite(value):
                 raise self._error(value, *where)
@@ -74,7 +76,7 @@ class FiniteLossCheck(Callback):
     @staticmethod
     def _error(value: float, step: int, epoch: int, batch: int, lr: float) -> NonFiniteLossError:
         return NonFiniteLossError(
-            f"non-finite training loss ({value}) at step {step} (epoch {epoch}, batch {batch}), learning rate "
-            f"{lr:g}; lower optimizer.lr, clip gradients (+trainer.gradient_clip_val=1.0) or look for nan/inf in "
-            "the data"
+            f"non-finite training loss ({value}) at step {step} (epoch {epoch}, batch {batch}, learning rate "
+            f"{lr:.3g}); lower optimizer.lr, clip gradients (++trainer.gradient_clip_val=1.0) or look for nan/inf "
+            "in the data"
         )
