@@ -34,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lab.build import as_float, build_parts, build_trainer
     from lab.checkpoints import init_weights, read_checkpoint
     from lab.console import console, print_config_tree, print_results
+    from lab.distributed import is_rank_zero
     from lab.hparams import collect_hparams, write_hparams
     from lab.utils.io import write_json
 
@@ -68,7 +69,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if purge_step is not None:
         _purge_tensorboard_from(cfg, purge_step)
     run_dir.mkdir(parents=True, exist_ok=True)
-    print_config_tree(cfg)
+    # Under DDP every rank runs this job; only rank 0 prints and writes the run's files.
+    rank_zero = is_rank_zero()
+    if rank_zero:
+        print_config_tree(cfg)
 
     parts = build_parts(cfg)
     datamodule, task = parts.datamodule, parts.task
@@ -80,14 +84,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = build_trainer(cfg)
 
     # Everything is built and checked: only now write into the run folder.
-    if ckpt_path is not None or rerun:
-        record = resume.record_folder(run_dir)
-        resume.archive_previous(run_dir, record)
-        # Hydra's copy there is a fresh composition; the config this launch really uses replaces it.
-        (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if hasattr(datamodule, "save_artifacts"):
-        datamodule.save_artifacts(run_dir)
+    if rank_zero:
+        if ckpt_path is not None or rerun:
+            record = resume.record_folder(run_dir)
+            resume.archive_previous(run_dir, record)
+            # Hydra's copy there is a fresh composition; the config this launch really uses replaces it.
+            (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if hasattr(datamodule, "save_artifacts"):
+            datamodule.save_artifacts(run_dir)
 
     start = time.perf_counter()
     # weights_only: a checkpoint is data; lab's hold only tensors and plain containers.
@@ -212,9 +217,12 @@ def user_error(err: BaseException) -> str:
 
 
 def _record_failure(cfg: DictConfig, message: str, err: BaseException) -> None:
-    """error.json in the run folder: {"status": "failed", "error": <one line>, "type": <class>}."""
+    """error.json in the run folder: {"status": "failed", "error": <one line>, "type": <class>} (rank 0 only)."""
+    from lab.distributed import is_rank_zero
     from lab.utils.io import write_json
 
+    if not is_rank_zero():
+        return
     try:
         write_json(Path(cfg.paths.output_dir) / "error.json",
                    {"status": "failed", "error": message, "type": type(err).__name__})
