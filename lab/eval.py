@@ -32,6 +32,7 @@ Usage:
   python -m lab.eval ckpt_path=<ckpt> splits=[val,test]          val metrics too
   python -m lab.eval ckpt_path=<ckpt> data.root=/elsewhere data.eval_batch_size=64 trainer=cpu
   python -m lab.eval ckpt_path=<ckpt> run_dir=<run folder>       a checkpoint moved out of its run
+  python -m lab.eval ckpt_path=<ckpt> trainer=ddp_cpu            2 processes (trainer=ddp: GPUs); the same metrics
   python -m lab.eval ckpt_path=<ckpt> --cfg job                  print the run config it would use
 
 Every key=value other than ckpt_path, run_dir, splits and name overrides the run's saved config

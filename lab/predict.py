@@ -30,6 +30,7 @@ Usage:
   python -m lab.predict ckpt_path=<ckpt> split=val top_k=3
   python -m lab.predict ckpt_path=<ckpt> data.root=/elsewhere data.eval_batch_size=64 trainer=cpu
   python -m lab.predict ckpt_path=<ckpt> run_dir=<run folder>    a checkpoint moved out of its run
+  python -m lab.predict ckpt_path=<ckpt> trainer=ddp_cpu         2 processes, one complete predictions.csv
 
 Every key=value other than ckpt_path, run_dir, split, top_k and name overrides the run's saved config
 (<run>/.hydra/config.yaml, else <run>/config.yaml); `group=option` swaps a group (trainer=cpu).

@@ -279,7 +279,9 @@ def ddp_run(tmp_path_factory):
     """`python -m lab.run trainer=ddp_cpu`, the run folder named by Hydra (LAB_OUTPUT_DIR)."""
     base = tmp_path_factory.mktemp("ddp")
     env = {"LAB_OUTPUT_DIR": str(base / "outputs")}
-    result = run_cli(["trainer=ddp_cpu", *QUICK, *ODD_SPLITS, "seed=5"], cwd=base, env=env)
+    # Every val/test batch (no limit_*_batches): the comparisons below are over the whole splits.
+    result = run_cli(["trainer=ddp_cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=4", *ODD_SPLITS,
+                      "trainer.num_sanity_val_steps=0", "seed=5"], cwd=base, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return {"base": base, "env": env, "result": result}
 
