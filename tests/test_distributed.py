@@ -134,6 +134,22 @@ def test_datamodule_epoch_batches_and_augmentation_depend_on_the_epoch_only(fast
     assert not torch.equal(epochs[2][0], epochs[3][0])
 
 
+def test_lightning_sets_the_train_epoch(tmp_path):
+    import lightning as L
+
+    from lab.build import build_parts
+
+    parts = build_parts(compose(["data.augment.hflip=true"], output_dir=tmp_path))
+    dm, seen = parts.datamodule, []
+    original = dm._set_transform_epoch
+    dm._set_transform_epoch = lambda epoch: (seen.append(epoch), original(epoch))
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=0, logger=False, accelerator="cpu",
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(parts.task, datamodule=dm)
+    assert seen[-3:] == [0, 1, 2] and dm.epoch == 2  # through the train loader's .sampler, before each epoch
+
+
 def test_both_data_paths_train_on_the_same_order():
     from lab.data.digits import DigitsDataModule
 

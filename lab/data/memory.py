@@ -77,9 +77,15 @@ class TensorBatchLoader:
         self._num_batches = -(-self._count // self.batch_size)
         if self.train and self._count > 1 and self._count % self.batch_size == 1:
             self._num_batches -= 1
+        self._on_epoch = on_epoch  # also told the epoch (the datamodule's augmentation)
         if self.shuffle or batch_sampler is not None:
             # Lightning's per-epoch set_epoch call looks for it on `.sampler`.
-            self.sampler = EpochHook(on_epoch or self.set_epoch)
+            self.sampler = EpochHook(self._epoch_starts)
+
+    def _epoch_starts(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+        if self._on_epoch is not None:
+            self._on_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """The next pass yields epoch `epoch` (order a function of seed and epoch only)."""
@@ -366,7 +372,7 @@ class InMemoryClassificationData(L.LightningDataModule):
                 images, labels = self.splits[split]
             loader = TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=self.seed,
                                        batch_sampler=sampler, rank=rank, world_size=world, train=train,
-                                       on_epoch=self.set_epoch if train else None)
+                                       on_epoch=self._set_transform_epoch if train else None)
         else:
             transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
                                              **self._transform_args(train))
@@ -394,16 +400,20 @@ class InMemoryClassificationData(L.LightningDataModule):
 
         Called before every train epoch (by Lightning through the train loader, and by whoever
         resumes a run), so epoch e of a resumed run is epoch e of an uninterrupted one."""
-        from lab.distributed import rank_and_world
-
-        self.epoch = int(epoch)
         loader = getattr(self, "_train_loader", None)
         if isinstance(loader, TensorBatchLoader):
-            loader.set_epoch(self.epoch)
+            loader.set_epoch(int(epoch))
         elif loader is not None:
             for part in (loader.sampler, loader.batch_sampler):
                 if callable(getattr(part, "set_epoch", None)):
-                    part.set_epoch(self.epoch)
+                    part.set_epoch(int(epoch))
+        self._set_transform_epoch(epoch)
+
+    def _set_transform_epoch(self, epoch: int) -> None:
+        """The epoch of the next train batches, and the train augmentation's stream for it."""
+        from lab.distributed import rank_and_world
+
+        self.epoch = int(epoch)
         if self.splits:
             rank, _ = rank_and_world(getattr(self, "trainer", None))
             self.batch_transform(True).set_epoch(self.epoch, rank)
