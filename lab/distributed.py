@@ -22,8 +22,10 @@ _LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_P
 _ENV_AT_START = {key: os.environ.get(key) for key in _LAUNCH_ENV}
 # Rank variables set by Lightning's launcher, torchrun, SLURM or LSF; any non-zero one means "not rank 0".
 _RANK_ENV = ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
-# Overrides the child command sets itself (or that would turn it into a sweep).
-_CHILD_OWN = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name", "hydra.mode")
+# Overrides the child command sets itself, or that belong to the sweep rather than to one job.
+_CHILD_OWN = ("hydra.run.dir", "hydra.output_subdir", "hydra.job.name", "hydra.mode", "hydra/launcher",
+              "hydra/sweeper")
+_CHILD_OWN_PREFIXES = ("hydra.run.", "hydra.sweep.", "hydra.launcher.", "hydra.sweeper.")
 
 # lab's Hydra entry points by their primary config.
 _ENTRY_BY_CONFIG = {"config": "lab.run", "eval": "lab.eval", "predict": "lab.predict"}
@@ -69,13 +71,14 @@ def _is_child_own(arg: str) -> bool:
     if arg in ("-m", "--multirun"):
         return True
     key = arg.lstrip("+~").split("=", 1)[0]
-    return key in _CHILD_OWN
+    return key in _CHILD_OWN or key.startswith(_CHILD_OWN_PREFIXES)
 
 
 def child_command(local_rank: int) -> tuple[list[str], str]:
     """The command and working directory of rank `local_rank` of this Hydra job.
 
-    `python -m <entry>` + the job's own overrides (a multirun job's, not the sweep's) +
+    `python -m <entry>` + the job's own overrides (a multirun job's, not the sweep's, with its
+    hydra.* settings but not the launcher's or sweeper's) +
     `hydra.run.dir=<this job's output folder>`, no `.hydra/` (rank 0 writes it) and a log file
     of its own; never `-m`."""
     from hydra.core.hydra_config import HydraConfig
@@ -93,7 +96,10 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
         command = [sys.executable, "-m", main_module]
     else:
         command = [sys.executable, os.path.abspath(sys.argv[0])]
-    args = list(_child_args) if _child_args is not None else [str(o) for o in hydra_cfg.overrides.task]
+    if _child_args is not None:
+        args = list(_child_args)
+    else:  # the job's Hydra settings (hydra.job.chdir=...) too, so the child works where rank 0 does
+        args = [str(o) for o in (*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task)]
     command += [a for a in args if not _is_child_own(a)]
     command += [
         f"hydra.run.dir={_hydra_quote(str(hydra_cfg.runtime.output_dir))}",

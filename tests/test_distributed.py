@@ -197,7 +197,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     from lab import distributed
 
     job_dir = tmp_path / "multiruns" / "sweep, with odd=chars" / "1"
-    cfg = compose(["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.name=run"])
+    cfg = compose(["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.name=run", "hydra.job.chdir=false"])
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(job_dir)
         cfg.hydra.runtime.cwd = str(tmp_path)
@@ -207,7 +207,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     command, cwd = distributed.child_command(1)
     assert command[:3] == [sys.executable, "-m", "lab.run"] and cwd == str(tmp_path)
     assert "-m" not in command[3:] and "--multirun" not in command
-    assert command[3:5] == ["trainer=ddp_cpu", "optimizer.lr=0.01"]
+    assert command[3:6] == ["hydra.job.chdir=false", "trainer=ddp_cpu", "optimizer.lr=0.01"]
     assert f"hydra.run.dir='{job_dir}'" in command and "hydra.output_subdir=null" in command
     assert "hydra.job.name=run_rank1" in command and command.count("hydra.job.name=run_rank1") == 1
 
