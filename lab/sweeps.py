@@ -21,8 +21,33 @@ def _sweep_name(overrides: list[str]) -> str | None:
     return None
 
 
+def check_group_options(argv: list[str], conf_dir: str) -> None:
+    """`experiment=nope` (or any group=option naming no file in conf/<group>/) fails in one
+    line that lists the group's options, before Hydra starts and writes anything."""
+    root = Path(conf_dir)
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        group = key.lstrip("+~")
+        if not group or "." in group or group.startswith("hydra") or any(c in value for c in "()[]{}'\"$"):
+            continue
+        folder = root / group
+        if not folder.is_dir() or (key.startswith("~") and not value):
+            continue
+        available = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in (v.strip() for v in value.split(",")):
+            if option in ("", "null") or "/" in option:
+                continue
+            if not (folder / f"{option}.yaml").is_file():
+                raise ConfigError(f"{group}={option}: no such option (no {folder / option}.yaml); "
+                                  f"available {group} options: {', '.join(available)}")
+
+
 def check_sweep(argv: list[str], conf_dir: str) -> None:
-    """Raise ConfigError when the sweep named in `argv` sweeps a key the config lacks."""
+    """Raise ConfigError when the sweep named in `argv` sweeps a key the config lacks
+    (and, first, when any group=option names no option)."""
+    check_group_options(argv, conf_dir)
     if not any(a in ("-m", "--multirun") for a in argv):
         return
     overrides = [a for a in argv if not a.startswith("-")]

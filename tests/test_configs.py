@@ -79,7 +79,7 @@ def test_sweep_without_its_knob_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match="sweep=momentum sets optimizer.momentum, which this config"):
         check_sweep(["-m", "sweep=momentum", "optimizer=adam"], str(CONF))
-    with pytest.raises(ConfigError, match="available sweeps: .*dropout"):
+    with pytest.raises(ConfigError, match="available sweep options: .*dropout"):
         check_sweep(["-m", "sweep=nope"], str(CONF))
 
 

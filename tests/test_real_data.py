@@ -42,3 +42,37 @@ def test_default_run_reaches_097_on_digits(tmp_path):
     assert metrics["test/top1"] >= 0.97, metrics
     assert metrics["wall_time_s"] < 60, metrics
     assert "final metrics" in result.stdout and f"tensorboard --logdir {tmp_path}" in result.stdout
+
+
+@needs_fashion
+def test_triplet_two_stages_on_the_real_files(tmp_path):
+    metrics = run_in_process([
+        "experiment=triplet_fashionmnist", f"data.root={FASHION_DIR}", "data.download=false", "trainer.max_epochs=2",
+        "task.stage1_epochs=1", "trainer.limit_train_batches=100", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "viz.max_per_class=40", "viz.projector=false",
+    ], tmp_path)
+    # 100 class-balanced steps of triplet loss already make neighbours share a garment class
+    # far above chance (0.10); the classifier trained on the frozen features in stage 2 too.
+    assert metrics["train/stage"] == 2 and metrics["epochs"] == 2
+    assert metrics["test/precision_at_1"] > 0.6 and metrics["test/map_at_r"] > 0.3, metrics
+    assert metrics["test/top1"] > 0.5, metrics
+    for name in ("pca_train", "pca_test", "tsne_train", "tsne_test"):
+        assert (tmp_path / "features" / f"{name}.png").stat().st_size > 10_000
+    classes = {r.split(",")[2] for r in (tmp_path / "features" / "tsne_test.csv").read_text().splitlines()[1:]}
+    assert classes == {"T-shirt/top", "Trouser", "Pullover", "Sneaker", "Bag"}
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_triplet_vs_cross_entropy_on_fashion_mnist(tmp_path):
+    """The study: the full two-stage triplet experiment and plain cross-entropy on the same
+    model, batches and metrics (5 epochs each)."""
+    common = ["experiment=triplet_fashionmnist", f"data.root={FASHION_DIR}", "data.download=false",
+              "viz.projector=false"]
+    triplet = run_in_process([*common, "metric_loss=triplet_cosine"], tmp_path / "triplet")
+    ce = run_in_process([*common, "metric_loss=ce"], tmp_path / "ce")
+    for metrics in (triplet, ce):
+        assert metrics["epochs"] == 5
+        assert metrics["test/top1"] >= 0.88 and metrics["test/precision_at_1"] >= 0.85, metrics
+    assert triplet["train/stage"] == 2 and ce["train/stage"] == 0
+    assert (tmp_path / "triplet" / "features" / "tsne_test.png").exists()
