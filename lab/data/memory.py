@@ -460,7 +460,9 @@ def _check_train_on(train_on: Sequence[str] | str) -> list[str]:
                           "train on [train, val] at most")
     if "train" not in names or set(names) - {"train", "val"}:
         raise ConfigError(f"data.train_on must be [train] or [train, val], got {names}")
-    if "val" in names:
+    from lab.distributed import is_rank_zero
+
+    if "val" in names and is_rank_zero():  # once, not once per DDP process
         print("warning: data.train_on includes val: it is trained on, so val/* metrics and the best-checkpoint "
               "choice (by val/top1) are no longer held out; test/* still is")
     return names
