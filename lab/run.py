@@ -68,6 +68,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         purge_step = 0  # the failed attempt's TensorBoard points are dropped
     if purge_step is not None:
         _purge_tensorboard_from(cfg, purge_step)
+    from lab.validate import check_config
+
+    check_config(cfg)  # numbers that cannot work fail here, before data, model or files
     run_dir.mkdir(parents=True, exist_ok=True)
     # Under DDP every rank runs this job; only rank 0 prints and writes the run's files.
     rank_zero = is_rank_zero()
@@ -250,6 +253,12 @@ def _prepare_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from lab.completion import handle as completion_script
+
+    script = completion_script(sys.argv[1:])
+    if script is not None:
+        print(script, end="")
+        sys.exit(0)
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         from lab.cli_help import help_text
 

@@ -36,3 +36,66 @@ def test_scheduler_keys_without_a_scheduler_are_refused(tmp_path):
     assert result.returncode == 2
     assert "no scheduler is chosen" in _error_line(result)
 
+
+
+def test_unknown_experiment_and_sweep_list_the_options_before_anything_is_written(tmp_path):
+    for args, listed in ((["experiment=resnet_tinyimagnet"], "resnet_tinyimagenet"),
+                         (["-m", "sweep=dropuot"], "dropout"), (["sweep=nope"], "dropout")):
+        result = run_cli([*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+        assert result.returncode == 2
+        line = _error_line(result)
+        assert "no such option" in line and listed in line, line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_bad_numbers_fail_before_any_data_or_model_is_built(tmp_path):
+    import pytest
+
+    from lab.errors import ConfigError
+    from lab.validate import check_config
+    from tests.conftest import compose
+
+    cases = {
+        "optimizer.lr=0": "optimizer.lr must be positive, got 0",
+        "optimizer.lr=-0.1": "optimizer.lr must be positive, got -0.1",
+        "data.batch_size=0": "data.batch_size must be a positive integer, got 0",
+        "data.eval_batch_size=-5": "data.eval_batch_size must be a positive integer, got -5",
+        "data.noise_ratio=1.0": "data.noise_ratio must be in [0, 1), got 1.0",
+        "model.dropout=1": "model.dropout must be in [0, 1), got 1",
+        "task.top_k=0": "task.top_k must be >= 1, got 0",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            check_config(compose([override]))
+    check_config(compose([]))  # the default is fine
+
+
+def test_lr_zero_stops_before_training_with_one_line(tmp_path):
+    result = run_cli(["optimizer.lr=0", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "optimizer.lr must be positive, got 0" in _error_line(result)
+    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_top_k_above_the_number_of_classes_is_one_line(tmp_path):
+    result = run_cli(["task.top_k=11", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "task.top_k=11 must be between 1 and the number of classes (10)" in _error_line(result)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bash_completion_completes_python_dash_m_lab_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = f"""
+        eval "$('{sys.executable}' -m lab.run --shell-completion install=bash)"
+        COMP_LINE="{sys.executable} -m lab.run experiment=resnet2"; COMP_POINT=${{#COMP_LINE}}
+        COMP_WORDS=({sys.executable} -m lab.run experiment=resnet2); COMP_CWORD=3
+        _lab_completion; echo "${{COMPREPLY[@]}}"
+    """
+    out = subprocess.run(["bash", "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "HOME": str(tmp_path)})
+    assert out.stdout.split() == ["experiment=resnet20_cifar10"], out.stdout + out.stderr
