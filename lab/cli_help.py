@@ -16,6 +16,13 @@ Usage:
   python -m lab.run -m sweep=lr                        a sweep defined in conf/sweep/
   python -m lab.run debug=fast_dev_run                 one batch of everything, nothing saved
   python -m lab.run --cfg job                          print the composed config and exit
+  python -m lab.run resume=outputs/runs/<run>          continue an interrupted run from last.ckpt
+  python -m lab.run -m <sweep args> resume_sweep=<dir> rerun a sweep, skipping finished jobs
+  python -m lab.run trainer=ddp_cpu                    2 processes (trainer=gpu, trainer=ddp on GPUs)
+  eval "$(python -m lab.run --shell-completion install=bash)"   tab completion
+
+Other entry points (each has --help): python -m lab.eval ckpt_path=<ckpt>, python -m lab.predict
+ckpt_path=<ckpt>, python -m lab.retrieve index|query|evaluate, python -m lab.report <sweep dir>.
 
 Outputs go to outputs/runs/<time>_<name>/ (a sweep: outputs/multiruns/<time>_<name>/<job>/):
 config.yaml, metrics.json, checkpoints/, TensorBoard events. `make tensorboard` serves outputs/.
