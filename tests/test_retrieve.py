@@ -322,7 +322,7 @@ def test_corrupt_image_names_the_file_or_is_skipped(world, tmp_path, capsys):
     (gallery / "red_stripes" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     args = ["index", "--images", str(gallery), "--out", str(tmp_path / "idx"), "--weights", str(world["weights"]),
             *SIZE]
-    line = one_error_line(*run_main(args, capsys))
+    line = one_error_line(*run_main([*args, "--workers", "1"], capsys))  # decoded in a worker process
     assert "broken.png: cannot decode image" in line and "--skip-bad" in line
     assert not (tmp_path / "idx").exists()
     code, text = run_main([*args, "--skip-bad"], capsys)
@@ -400,7 +400,7 @@ def brute_force_metrics(q, ql, g, gl, self_index=None, ks=(1, 5, 10)) -> dict[st
     return {k: v / max(counted, 1) for k, v in sums.items()}
 
 
-@pytest.mark.parametrize("query_chunk,gallery_chunk,k", [(7, 64, 10), (1000, 4096, 10), (5, 50, 120), (3, 1, 4)])
+@pytest.mark.parametrize("query_chunk,gallery_chunk,k", [(7, 64, 10), (1000, 4096, 10), (5, 50, 120), (16, 3, 4)])
 def test_search_equals_brute_force(query_chunk, gallery_chunk, k):
     gen = torch.Generator().manual_seed(0)
     gallery = normalize(torch.randn(1000, 48, generator=gen))
