@@ -400,10 +400,11 @@ def brute_force_metrics(q, ql, g, gl, self_index=None, ks=(1, 5, 10)) -> dict[st
     return {k: v / max(counted, 1) for k, v in sums.items()}
 
 
-@pytest.mark.parametrize("query_chunk,gallery_chunk,k", [(7, 64, 10), (1000, 4096, 10), (5, 50, 120), (16, 3, 4)])
-def test_search_equals_brute_force(query_chunk, gallery_chunk, k):
+@pytest.mark.parametrize("n,query_chunk,gallery_chunk,k", [(1000, 7, 64, 10), (1000, 1000, 4096, 10),
+                                                           (1000, 5, 50, 120), (100, 16, 3, 4)])
+def test_search_equals_brute_force(n, query_chunk, gallery_chunk, k):
     gen = torch.Generator().manual_seed(0)
-    gallery = normalize(torch.randn(1000, 48, generator=gen))
+    gallery = normalize(torch.randn(n, 48, generator=gen))
     queries = normalize(torch.randn(37, 48, generator=gen))
     distances, indices = search(queries, gallery, k, query_chunk=query_chunk, gallery_chunk=gallery_chunk)
     reference = torch.cdist(queries, gallery)
