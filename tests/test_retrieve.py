@@ -377,6 +377,15 @@ def test_evaluate_needs_labels(world, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def one_thread():
+    """Small tensors: one torch thread (two wait on each other whenever another process is busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def brute_force_metrics(q, ql, g, gl, self_index=None, ks=(1, 5, 10)) -> dict[str, float]:
     """The definitions, one query at a time, with query i's gallery entry self_index[i] (or -1) removed."""
     q, g = normalize(q), normalize(g)
@@ -402,7 +411,7 @@ def brute_force_metrics(q, ql, g, gl, self_index=None, ks=(1, 5, 10)) -> dict[st
 
 @pytest.mark.parametrize("n,query_chunk,gallery_chunk,k", [(1000, 7, 64, 10), (1000, 1000, 4096, 10),
                                                            (1000, 5, 50, 120), (100, 16, 3, 4)])
-def test_search_equals_brute_force(n, query_chunk, gallery_chunk, k):
+def test_search_equals_brute_force(n, query_chunk, gallery_chunk, k, one_thread):
     gen = torch.Generator().manual_seed(0)
     gallery = normalize(torch.randn(n, 48, generator=gen))
     queries = normalize(torch.randn(37, 48, generator=gen))
@@ -421,7 +430,7 @@ def test_search_equals_brute_force(n, query_chunk, gallery_chunk, k):
     assert torch.equal(excluded, masked.topk(k, dim=1, largest=False).indices)
 
 
-def test_search_float16_gallery_and_small_galleries():
+def test_search_float16_gallery_and_small_galleries(one_thread):
     gen = torch.Generator().manual_seed(1)
     gallery = normalize(torch.randn(300, 32, generator=gen))
     queries = normalize(torch.randn(9, 32, generator=gen))
@@ -435,7 +444,7 @@ def test_search_float16_gallery_and_small_galleries():
 
 
 @pytest.mark.parametrize("case", ["disjoint", "the gallery", "part of the gallery", "classes apart", "mixed"])
-def test_evaluate_metrics_leave_each_query_out_exactly(case):
+def test_evaluate_metrics_leave_each_query_out_exactly(case, one_thread):
     """lab.retrieve's use of retrieval_metrics equals the definitions with each query's own entry removed."""
     gen = torch.Generator().manual_seed(2)
     gallery = normalize(torch.randn(60, 16, generator=gen))
