@@ -70,18 +70,20 @@ def test_bad_numbers_fail_before_any_data_or_model_is_built(tmp_path):
     check_config(compose([]))  # the default is fine
 
 
-def test_lr_zero_stops_before_training_with_one_line(tmp_path):
-    result = run_cli(["optimizer.lr=0", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "optimizer.lr must be positive, got 0" in _error_line(result)
-    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "checkpoints").exists()
+def test_lr_zero_and_top_k_stop_before_training(tmp_path):
+    """In-process (the CLI's one-line path is the dropout test's): nothing is trained or saved."""
+    import pytest
+    from hydra.errors import InstantiationException
 
+    from lab.errors import ConfigError
+    from tests.conftest import run_in_process
 
-def test_top_k_above_the_number_of_classes_is_one_line(tmp_path):
-    result = run_cli(["task.top_k=11", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert "task.top_k=11 must be between 1 and the number of classes (10)" in _error_line(result)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="optimizer.lr must be positive, got 0"):
+        run_in_process(["optimizer.lr=0"], tmp_path / "lr")
+    assert not (tmp_path / "lr").exists()  # checked before the run folder is even made
+    with pytest.raises(InstantiationException, match=r"task.top_k=11 must be between 1 and the number of classes"):
+        run_in_process(["task.top_k=11"], tmp_path / "top_k")
+    assert not (tmp_path / "top_k" / "config.yaml").exists() and not (tmp_path / "top_k" / "checkpoints").exists()
 
 
 def test_bash_completion_completes_python_dash_m_lab_run(tmp_path):

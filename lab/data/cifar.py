@@ -22,6 +22,8 @@ class _CifarDataModule(InMemoryClassificationData):
     `split_seed`); test is the official test batch.
     """
 
+    process_cache = True  # a sweep's jobs share one load (lab.data.memory._cached_load)
+
     folder = ""
     train_files: tuple[str, ...] = ()
     test_file = ""

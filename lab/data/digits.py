@@ -17,6 +17,8 @@ class DigitsDataModule(InMemoryClassificationData):
     training seed, so a seed sweep trains on the same split.
     """
 
+    process_cache = True  # a sweep's jobs share one load (lab.data.memory._cached_load)
+
     class_names = [str(i) for i in range(10)]
 
     def __init__(

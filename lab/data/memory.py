@@ -297,7 +297,7 @@ class InMemoryClassificationData(L.LightningDataModule):
     def _ensure_loaded(self) -> None:
         if self.splits:
             return
-        splits = self.load()
+        splits = _cached_load(self)
         for key in ("train", "val", "test"):
             if key not in splits:
                 raise KeyError(f"{type(self).__name__}.load() returned no '{key}' split")
@@ -481,3 +481,63 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.clamp_min(1e-6).tolist()
+
+
+_LOADED: dict[tuple, tuple[dict, dict]] = {}  # the last dataset load() returned in this process
+
+
+def _cached_load(data: InMemoryClassificationData) -> dict:
+    """`data.load()`, reused by the next job of a sweep that reads the same files with the
+    same settings: the jobs of a multirun share one process, and decoding Fashion-MNIST's
+    70,000 images again for every job costs seconds per job. The key is the datamodule's
+    class, every plain setting it holds (paths, sizes, seeds, ...) and the size and time of
+    the files under its root; an attribute load() sets on the instance (class names, ...) is
+    restored on a hit. One dataset is kept. Only datamodules that say `process_cache = True`
+    (fixed archives: digits, MNIST, Fashion-MNIST, CIFAR) are cached; folders of images are
+    read again. The arrays are never modified in place (splits, noise, device moves copy)."""
+    if not getattr(type(data), "process_cache", False):
+        return data.load()
+    plain = (str, int, float, bool, type(None))
+    items = [("files", _files_stamp(getattr(data, "root", None)))]
+    for k, v in sorted(vars(data).items()):
+        if k.startswith("_") or k in ("splits", "trainer"):
+            continue
+        if isinstance(v, Path):
+            v = str(v)
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v):
+            v = tuple(v)
+        elif isinstance(v, dict) and all(isinstance(x, plain) for x in v.values()):
+            v = tuple(sorted(v.items()))
+        elif not isinstance(v, plain):
+            continue
+        items.append((k, v))
+    key = (type(data).__module__, type(data).__qualname__, tuple(items))
+    if key in _LOADED:
+        loaded, state = _LOADED[key]
+        data.__dict__.update(state)
+        return dict(loaded)
+    before = dict(vars(data))
+    loaded = data.load()
+    state = {k: v for k, v in vars(data).items() if k not in before or before[k] is not v}
+    _LOADED.clear()
+    _LOADED[key] = (loaded, state)
+    return dict(loaded)
+
+
+def _files_stamp(root) -> tuple:
+    """(relative path, size, mtime) of up to 200 files under `root`: a changed file misses the cache."""
+    import os
+
+    if root is None or not Path(root).is_dir():
+        return ()
+    stamp = []
+    for folder, _, names in os.walk(root):
+        for name in sorted(names):
+            try:
+                st = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            stamp.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
+            if len(stamp) >= 200:
+                return tuple(stamp)
+    return tuple(stamp)
