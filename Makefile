@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: install run test test-all tensorboard clean
+.PHONY: install run test test-all bench tensorboard clean
 
 # The stamp is remade only when pyproject.toml changes, so a second install takes seconds.
 # torch/torchvision are pinned first to the builds this project is tested with (served
@@ -27,6 +27,11 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# Every bench/ script (lab vs a plain reference, same run); rewrites docs/benchmarks.md.
+# Run on an idle machine: about 15 minutes on 2 cores. BENCH_ARGS="--quick" for a rough look.
+bench: install
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 tensorboard: install
 	@mkdir -p outputs

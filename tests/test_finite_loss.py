@@ -49,6 +49,7 @@ def test_deferred_check_also_runs_at_epoch_end_and_passes_finite_losses():
         check.on_train_epoch_end(None, None)
 
 
+@pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)
 def test_in_a_sweep_the_bad_job_fails_with_error_json_and_the_next_one_runs(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "optimizer.lr=1e9,0.002", "trainer.max_epochs=1", *QUICK[1:],

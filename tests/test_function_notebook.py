@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.notebook_runner import run_notebook
 
 
+@pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)
 def test_function_fitting_notebook_executes(tmp_path):
     start = time.perf_counter()
     # One torch thread: tiny nets, and on 2 busy cores two OpenMP threads wait on each other.

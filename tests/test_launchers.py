@@ -41,6 +41,7 @@ def _report(sweep: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)
 def test_submitit_local_runs_both_jobs_each_in_its_folder(tmp_path):
     """The issue's command (`-m hydra/launcher=submitit_local optimizer.lr=0.1,0.01 trainer.max_epochs=1`),
     with fewer batches: each job in its own process, results where the basic launcher puts them."""

@@ -44,6 +44,7 @@ def test_default_run_reaches_097_on_digits(tmp_path):
     assert "final metrics" in result.stdout and f"tensorboard --logdir {tmp_path}" in result.stdout
 
 
+@pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)
 @needs_fashion
 def test_triplet_two_stages_on_the_real_files(tmp_path):
     metrics = run_in_process([
