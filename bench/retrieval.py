@@ -16,7 +16,7 @@ processes on the 2 cores make the figures swing, so each repeat also prints the 
 the CPUs that other processes used meanwhile (from /proc/stat, minus this process's own
 CPU time), and the medians are printed again over the quiet repeats (< 5% by default).
     .venv/bin/python bench/retrieval.py [--gallery 100000] [--dim 2048] [--queries 1000] [--k 10]
-        [--repeats 5] [--threads N] [--sweep]
+        [--repeats 5] [--threads N] [--ceiling] [--sweep]
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--gallery-chunk", type=int, default=None)
     parser.add_argument("--half", action="store_true", help="store the gallery in float16 (lab side only)")
     parser.add_argument("--sweep", action="store_true", help="also time lab over a grid of chunk sizes")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also time lab's matmuls alone (no top-k): the most any exact search can do here")
     parser.add_argument("--quiet", type=float, default=0.05,
                         help="a repeat is quiet when other processes used less than this share of the CPUs")
     args = parser.parse_args()
@@ -91,6 +93,15 @@ def main() -> None:
 
     others: list[float] = []  # share of the machine other processes used during each timed call
 
+    def matmuls() -> None:
+        qc, gc = chunks.get("query_chunk", S.QUERY_CHUNK), chunks.get("gallery_chunk", S.GALLERY_CHUNK)
+        out = torch.empty(min(qc, args.queries), min(gc, args.gallery))
+        for q0 in range(0, args.queries, qc):
+            q = queries[q0 : q0 + qc]
+            for g0 in range(0, args.gallery, gc):
+                g = gallery[g0 : g0 + gc]
+                torch.mm(q, g.T, out=out[: len(q), : len(g)])
+
     def timed(fn) -> tuple[float, torch.Tensor]:
         busy, own = _busy_seconds(), sum(os.times()[:2])
         start = time.perf_counter()
@@ -107,7 +118,7 @@ def main() -> None:
           f"{args.queries:,} queries, k = {args.k}, chunks: query {chunks.get('query_chunk', S.QUERY_CHUNK)} "
           f"x gallery {chunks.get('gallery_chunk', S.GALLERY_CHUNK)}")
     timed(lab), timed(plain)  # warm-up pair
-    lab_qps, plain_qps, ratios, quiet = [], [], [], []
+    lab_qps, plain_qps, ratios, quiet, ceiling = [], [], [], [], []
     same = True
     for r in range(args.repeats):
         others.clear()
@@ -121,6 +132,8 @@ def main() -> None:
         lab_qps.append(a)
         plain_qps.append(b)
         ratios.append(a / b)
+        if args.ceiling:
+            ceiling.append(timed(matmuls)[0])
         busy = max(others) if others else float("nan")
         if busy < args.quiet:
             quiet.append(r)
@@ -129,6 +142,9 @@ def main() -> None:
     print(f"lab   (median): {statistics.median(lab_qps):7.1f} queries/s (target >= 200)")
     print(f"plain (median): {statistics.median(plain_qps):7.1f} queries/s")
     print(f"lab / plain (median of pairs): {statistics.median(ratios):.2f}")
+    if ceiling:
+        print(f"matmuls alone (median): {statistics.median(ceiling):7.1f} queries/s"
+              + (f", quiet repeats {statistics.median(ceiling[r] for r in quiet):.1f}" if quiet else ""))
     if quiet:
         print(f"quiet repeats only (other processes < {100 * args.quiet:.0f}% of the CPUs: {len(quiet)} of "
               f"{args.repeats}): lab {statistics.median(lab_qps[r] for r in quiet):.1f} q/s, plain "

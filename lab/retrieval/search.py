@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
 # Chosen by bench/retrieval.py on the 2-core machine (docs/benchmarks.md, "Retrieval search").
-QUERY_CHUNK = 512
+QUERY_CHUNK = 1024
 GALLERY_CHUNK = 4096
 
 
