@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -q "torch==2.14.1" "torchvision==0.29.1" || \
 		$(PY) -m pip install $(PIP_FLAGS) -q torch torchvision
-	$(PY) -m pip install $(PIP_FLAGS) -q -e '.[dev]'
+	$(PY) -m pip install $(PIP_FLAGS) -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 install: $(STAMP)

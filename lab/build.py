@@ -69,12 +69,51 @@ def build_parts(cfg: DictConfig) -> Parts:
         scheduler=scheduler,
         **datamodule.task_inputs(),
     )
-    apply_speed_switches(task, cfg.get("trainer") or {})
+    apply_speed_switches(task, resolve_speed_defaults(cfg.get("trainer") or {}))
     return Parts(datamodule, model, task)
 
 
 # Keys of the trainer node that are lab's, not Lightning Trainer arguments.
 SPEED_KEYS = ("channels_last", "compile")
+
+
+def trains_on_cuda(trainer_cfg: Any) -> bool:
+    """Whether this trainer config will run on a CUDA device (accelerator gpu/cuda, or auto with one present)."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
+    if accelerator in ("gpu", "cuda"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_speed_defaults(trainer_cfg: Any) -> dict[str, Any]:
+    """The trainer node with its `auto` speed settings decided for the device the run will use.
+
+    On a CUDA device: bf16 mixed precision (fp16 mixed before Ampere, which has no bf16),
+    the cudnn autotuner and channels-last (NHWC) convolutions, the GPU path of issue 8.
+    Elsewhere: fp32, no autotuner, the model's own layout (experiments that are faster NHWC
+    on CPU set task.channels_last themselves)."""
+    node = dict(OmegaConf.to_container(trainer_cfg, resolve=True)) if isinstance(trainer_cfg, DictConfig) \
+        else dict(trainer_cfg)
+    auto = [k for k in ("precision", "benchmark", "channels_last") if str(node.get(k)) == "auto"]
+    if not auto:
+        return node
+    cuda = trains_on_cuda(node)
+    if "precision" in auto:
+        node["precision"] = "32-true"
+        if cuda:
+            import torch
+
+            bf16 = not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 8
+            node["precision"] = "bf16-mixed" if bf16 else "16-mixed"
+    if "benchmark" in auto:
+        node["benchmark"] = cuda
+    if "channels_last" in auto:
+        node["channels_last"] = cuda
+    return node
 
 
 def apply_speed_switches(task: Any, trainer_cfg: Any) -> None:
@@ -126,7 +165,7 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
         callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
     found = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c] if loggers else []
     # Resolved in the whole config (interpolations), minus lab's own keys.
-    node = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in SPEED_KEYS}
+    node = {k: v for k, v in resolve_speed_defaults(cfg.trainer).items() if k not in SPEED_KEYS}
     # lab's loaders shard by rank themselves; a run config saved before the key existed gets the same.
     node.setdefault("use_distributed_sampler", False)
     if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):

@@ -108,6 +108,9 @@ def _check_own(own: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    from lab.utils.shutdown import skip_final_collection
+
+    skip_final_collection()
     from lab.from_checkpoint import launch
 
     launch("lab.eval", OWN_KEYS, HELP, main, check=_check_own)

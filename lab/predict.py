@@ -157,6 +157,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from lab.utils.shutdown import skip_final_collection
+
+    skip_final_collection()
     from lab.from_checkpoint import launch
 
     launch("lab.predict", OWN_KEYS, HELP, main, check=check_own)

@@ -441,4 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from lab.utils.shutdown import skip_final_collection
+
+    skip_final_collection()
     sys.exit(main())

@@ -253,6 +253,9 @@ def _prepare_argv(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    from lab.utils.shutdown import skip_final_collection
+
+    skip_final_collection()
     from lab.completion import handle as completion_script
 
     script = completion_script(sys.argv[1:])

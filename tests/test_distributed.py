@@ -264,6 +264,32 @@ def test_trainer_configs(tmp_path):
     assert subprocess_script._hydra_subprocess_cmd is distributed.child_command
 
 
+def test_the_gpu_path_is_the_default_on_a_cuda_device(tmp_path, monkeypatch):
+    import torch
+
+    from lab.build import build_parts, build_trainer, resolve_speed_defaults
+
+    default = compose([], output_dir=tmp_path).trainer
+    assert (default.precision, default.benchmark, default.channels_last) == ("auto", "auto", "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = resolve_speed_defaults(default)
+    assert (cpu["precision"], cpu["benchmark"], cpu["channels_last"]) == ("32-true", False, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # Hopper: bf16
+    cuda = resolve_speed_defaults(default)
+    assert (cuda["precision"], cuda["benchmark"], cuda["channels_last"]) == ("bf16-mixed", True, True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))  # Volta: no bf16
+    assert resolve_speed_defaults(default)["precision"] == "16-mixed"
+    # An explicit CPU trainer stays fp32 whatever the machine has; explicit values are kept.
+    on_cpu = resolve_speed_defaults(compose(["trainer=cpu"], output_dir=tmp_path).trainer)
+    assert (on_cpu["precision"], on_cpu["benchmark"], on_cpu["channels_last"]) == ("32-true", False, False)
+    assert resolve_speed_defaults({"accelerator": "auto", "precision": "16-mixed"})["precision"] == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose(["logger=none"], output_dir=tmp_path)
+    assert build_trainer(cfg).precision == "32-true"
+    assert not build_parts(cfg).task.channels_last
+
+
 def test_speed_switches_keep_checkpoints_compatible(tmp_path):
     from lab.build import build_parts
 

@@ -36,6 +36,28 @@ def test_top1_top5_are_micro_averages_of_samples():
     assert values["val/top5"].item() == pytest.approx(3 / 4)
 
 
+@pytest.mark.parametrize("top_k", [1, 3, 5])
+def test_top_k_accuracy_equals_torchmetrics_over_batches(top_k):
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from lab.metrics.accuracy import TopKAccuracy
+
+    gen = torch.Generator().manual_seed(top_k)
+    ours = TopKAccuracy((1, top_k), prefix="val/")
+    reference = {k: MulticlassAccuracy(7, top_k=k, average="micro") for k in {1, top_k}}
+    for size in (13, 1, 40):
+        logits, target = torch.randn(size, 7, generator=gen), torch.randint(0, 7, (size,), generator=gen)
+        ours.update(logits, target)
+        for metric in reference.values():
+            metric.update(logits, target)
+    values = ours.compute()
+    assert sorted(values) == sorted(f"val/top{k}" for k in reference)
+    for k, metric in reference.items():
+        assert values[f"val/top{k}"].item() == pytest.approx(metric.compute().item(), abs=1e-7)
+    ours.reset()
+    assert ours.total.item() == 0
+
+
 def test_top_k_larger_than_classes_is_refused():
     with pytest.raises(ConfigError, match="top_k=5 must be between 1 and the number of classes \\(3\\)"):
         make_task(num_classes=3)

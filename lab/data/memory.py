@@ -418,6 +418,13 @@ class InMemoryClassificationData(L.LightningDataModule):
             rank, _ = rank_and_world(getattr(self, "trainer", None))
             self.batch_transform(True).set_epoch(self.epoch, rank)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """(images, labels) straight to the device; Lightning's generic walk over the batch
+        (apply_to_collection) costs a quarter of a millisecond per batch."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+            return tuple(t.to(device, non_blocking=True) for t in batch)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Fast path: uint8 batches become augmented, normalised floats on the device."""
         x, y = batch

@@ -149,7 +149,7 @@ class MetricLearningTask(ClassificationTask):
             self.classifier.train()
             logits = self.classifier(feats)
             loss = self.criterion(logits, y)
-            self.log("train/ce_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
+            self.track("train/ce_loss", loss, len(y))
         else:
             feats = self._embed(x)
             logits = self.classifier(feats)
@@ -157,12 +157,9 @@ class MetricLearningTask(ClassificationTask):
             ce = self.criterion(logits, y)
             loss = self.triplet_weight * triplet + self.ce_weight * ce
             for key, value in (("triplet_loss", triplet), ("active_triplets", active), ("ce_loss", ce)):
-                self.log(f"train/{key}", value.detach(), on_step=False, on_epoch=True, batch_size=len(y),
-                         sync_dist=True)
+                self.track(f"train/{key}", value, len(y))
         self.train_acc.update(logits.detach(), y)
-        self.log_loss("train", loss, len(y), prog_bar=True)
-        for key, metric in self.train_acc.items():
-            self.log(key, metric, on_step=False, on_epoch=True)
+        self.track("train/loss", loss, len(y))
         return loss
 
     def _eval_step(self, batch, split: str, metrics) -> dict[str, torch.Tensor]:
@@ -171,9 +168,7 @@ class MetricLearningTask(ClassificationTask):
         logits = self.classifier(feats)
         loss = self.criterion(logits, y)
         metrics.update(logits, y)
-        self.log_loss(split, loss, len(y))
-        for key, metric in metrics.items():
-            self.log(key, metric, on_step=False, on_epoch=True, prog_bar=key == "val/top1")
+        self.track(f"{split}/loss", loss, len(y))
         self._features.setdefault(split, []).append((feats.detach().float().cpu(), y.detach().cpu()))
         return {"preds": logits.argmax(dim=1), "target": y}
 
@@ -204,6 +199,7 @@ class MetricLearningTask(ClassificationTask):
         self._log_retrieval("val")
 
     def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
         self._log_retrieval("test")
 
     # --- optimisation --------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""lab's Hydra sweeper (found by Hydra's plugin discovery in the hydra_plugins namespace)."""

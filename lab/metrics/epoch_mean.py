@@ -1,0 +1,30 @@
+"""A sample-weighted mean of per-batch values (the epoch's loss), with no host sync per step.
+
+torchmetrics' MeanMetric checks every value for NaN (`.any()` on the device: a host sync per
+step on a GPU); with that check disabled (nan_strategy="disable", torchmetrics 1.9) it also
+drops the weights and averages batches, not samples. Here the state is two sums, summed
+across DDP processes, so N processes report exactly the one-process value. Non-finite losses
+are the FiniteLossCheck callback's business.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+
+class EpochMean(Metric):
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int | float = 1) -> None:
+        self.total += value.detach().float().sum() * weight
+        self.weight += weight * value.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
