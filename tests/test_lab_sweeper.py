@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import pytest
+import importlib
 
-from hydra_plugins.lab_sweeper.lab_sweeper import LabSweeper
+import pytest
 
 
 class RecordingLoader:
@@ -23,8 +23,12 @@ class RecordingLoader:
             raise ValueError(f"cannot compose {sweep_overrides}")
 
 
-def sweeper(loader: RecordingLoader) -> LabSweeper:
-    s = LabSweeper(max_batch_size=None)
+def sweeper(loader: RecordingLoader):
+    # Hydra's plugin scan (run by any earlier test that launched Hydra) reloads its sweeper
+    # modules; reloading ours binds it to the BasicSweeper class now in sys.modules.
+    from hydra_plugins.lab_sweeper import lab_sweeper
+
+    s = importlib.reload(lab_sweeper).LabSweeper(max_batch_size=None)
     s.hydra_context = SimpleNamespace(config_loader=loader)
     s.config = object()
     return s
