@@ -87,7 +87,7 @@ def run_plain(args) -> float:
 
     from lab.build import build_parts
 
-    cfg = compose(overrides(args))
+    cfg = compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-plain-")))
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg)
     data, device = parts.datamodule, torch.device(args.device)
