@@ -139,8 +139,9 @@ def run_plain(overrides: list[str], steps: int | None = None) -> tuple[float, fl
 def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chunk: int) -> tuple[float, float]:
     """(lab seconds, plain seconds) with the two taking turns every `chunk` train steps.
 
-    lab's trainer.fit runs in a second thread and hands over to the plain loop at every
-    `chunk`-th batch end; only one side runs at a time, and each side's clock runs only while
+    lab's trainer.fit runs in this (the main) thread, as in `python -m lab.run`; the plain loop
+    runs in a second thread. lab hands over at every `chunk`-th batch end and the plain loop at
+    every `chunk`-th step; only one side runs at a time, and each side's clock runs only while
     it does. A slow minute of the machine then slows both sides alike, where back-to-back runs
     of a minute each differ by up to 10% on this VM."""
     import threading
@@ -151,16 +152,32 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
 
     to_plain, to_lab = threading.Event(), threading.Event()
     clock = {"lab": 0.0, "since": 0.0}
-    done: dict = {}
+    plain_result: dict = {}
+
+    def plain_side():
+        try:
+            for _ in plain_loop(overrides, steps, chunk, plain_result):
+                to_lab.set()
+                to_plain.wait()
+                to_plain.clear()
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            plain_result["error"] = err
+        plain_result["finished"] = True
+        to_lab.set()
+
+    def hand_over() -> None:
+        if plain_result.get("finished"):
+            return
+        clock["lab"] += time.perf_counter() - clock["since"]
+        to_plain.set()
+        to_lab.wait()
+        to_lab.clear()
+        clock["since"] = time.perf_counter()
 
     class HandOver(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if (batch_idx + 1) % chunk == 0:
-                clock["lab"] += time.perf_counter() - clock["since"]
-                to_plain.set()
-                to_lab.wait()
-                to_lab.clear()
-                clock["since"] = time.perf_counter()
+                hand_over()
 
     fit = L.Trainer.fit
 
@@ -172,35 +189,22 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
         finally:
             clock["lab"] += time.perf_counter() - clock["since"]
 
-    def lab_side():
-        L.Trainer.fit = timed_fit
-        try:
-            done["metrics"] = train(compose([*overrides, "test=false"], run_dir))
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            done["error"] = err
-        finally:
-            L.Trainer.fit = fit
-            done["finished"] = True
-            to_plain.set()
-
-    plain_result: dict = {}
-    plain = plain_loop(overrides, steps, chunk, plain_result)
-    thread = threading.Thread(target=lab_side, name="lab-fit")
+    thread = threading.Thread(target=plain_side, name="plain-loop")
     thread.start()
-    plain_finished = False
-    while True:
-        to_plain.wait()
-        to_plain.clear()
-        if not plain_finished:
-            plain_finished = next(plain, StopIteration) is StopIteration
-        if done.get("finished"):
-            break
-        to_lab.set()
-    for _ in plain:  # lab finished first: the rest of the plain loop, alone
-        pass
+    to_lab.wait()  # the plain side builds its model and data first, then hands over at its first chunk
+    to_lab.clear()
+    L.Trainer.fit = timed_fit
+    try:
+        train(compose([*overrides, "test=false"], run_dir))
+    finally:
+        L.Trainer.fit = fit
+    while not plain_result.get("finished"):  # lab finished first: the rest of the plain loop
+        to_plain.set()
+        to_lab.wait()
+        to_lab.clear()
     thread.join()
-    if "error" in done:
-        raise done["error"]
+    if "error" in plain_result:
+        raise plain_result["error"]
     return clock["lab"], plain_result["seconds"]
 
 

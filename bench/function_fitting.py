@@ -39,24 +39,10 @@ OVERRIDES = ["experiment=mlp_function"]
 
 
 def compose(overrides: list[str], run_dir: Path | None = None):
-    """The config `python -m lab.run <overrides>` composes, with Hydra's runtime filled in."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """The config `python -m lab.run <overrides>` composes; with `run_dir`, as lab.run's job sees it."""
+    from lab.compose import compose as compose_config
 
-    from lab.paths import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    if run_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(run_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-    return cfg
+    return compose_config(overrides, run_dir, drop_hydra=run_dir is not None)
 
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float, float, float]:

@@ -22,21 +22,9 @@ def _quiet_env(monkeypatch):
 
 def compose(overrides: list[str], output_dir: Path | None = None):
     """The config `python -m lab.run <overrides>` would see, with Hydra's runtime filled in."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from lab.compose import compose as compose_config
 
-    from lab.paths import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides, output_dir)
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
