@@ -73,6 +73,7 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
     import torch
     from hydra.utils import instantiate
 
+    from lab.build import instantiate_node
     from lab.tasks.schedulers import warmup_cosine
 
     result = {} if result is None else result
@@ -80,7 +81,7 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
     torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data, seed=cfg.seed)
     data.setup("fit")
-    model = instantiate({k: v for k, v in cfg.model.items() if k != "name"}, **data.model_inputs())
+    model = instantiate_node(cfg.model, **data.model_inputs())
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
                                   betas=tuple(cfg.optimizer.betas))

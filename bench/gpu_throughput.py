@@ -40,9 +40,8 @@ def overrides(args) -> list[str]:
             "model=torchvision", "model.arch=resnet18", "model.small_input_stem=true",
             "optimizer=sgd", "optimizer.lr=0.05", "scheduler=none", "trainer.max_epochs=1",
             f"trainer.limit_train_batches={steps}", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
-            "test=false", "logger=none", f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-            *(["trainer.precision=bf16-mixed", "trainer.benchmark=true", "trainer.channels_last=true"]
-              if args.device == "cuda" else [])]
+            # precision, benchmark and channels_last stay `auto`: on a CUDA device, lab's GPU path
+            "test=false", "logger=none", f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
 
 
 def sync(device: str) -> None:
@@ -52,34 +51,33 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-class StepTimer:
-    """A Lightning callback (made a subclass when lightning is imported): clock at two batch ends."""
-
-    marks: dict[str, float] = {}
-    first = last = 0
-    device = "cuda"
-
-
 def run_lab(args) -> float:
     """Seconds for the timed steps (after the warm-up) of a lab run."""
     import lightning as L
-    from omegaconf import open_dict
 
     from lab.run import train
 
-    class Timer(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx + 1 in (StepTimer.first, StepTimer.last):
-                sync(StepTimer.device)
-                StepTimer.marks["start" if batch_idx + 1 == StepTimer.first else "end"] = time.perf_counter()
+    first, last = args.warmup, args.warmup + args.steps
+    marks: dict[str, float] = {}
 
-    StepTimer.first, StepTimer.last, StepTimer.device = args.warmup, args.warmup + args.steps, args.device
-    sys.modules[__name__].LabStepTimer = Timer  # instantiated by lab from the config below
-    cfg = compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-")))
-    with open_dict(cfg):
-        cfg.callbacks.timer = {"_target_": f"{__name__}.LabStepTimer"}
-    train(cfg)
-    return StepTimer.marks["end"] - StepTimer.marks["start"]
+    class StepTimer(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx + 1 in (first, last):
+                sync(args.device)
+                marks["start" if batch_idx + 1 == first else "end"] = time.perf_counter()
+
+    fit = L.Trainer.fit
+
+    def fit_with_timer(self, *fit_args, **kwargs):
+        self.callbacks.append(StepTimer())
+        return fit(self, *fit_args, **kwargs)
+
+    L.Trainer.fit = fit_with_timer
+    try:
+        train(compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-"))))
+    finally:
+        L.Trainer.fit = fit
+    return marks["end"] - marks["start"]
 
 
 def run_plain(args) -> float:

@@ -152,10 +152,16 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     `fitting=False` (lab.eval, lab.predict) drops the callbacks that only make sense while
     training (checkpointing, early stopping), so evaluating never writes a checkpoint.
     """
+    import warnings
+
     from hydra.utils import instantiate
 
     from lab.distributed import install_launcher_patch, reset_after_previous_job
 
+    # lab's tasks log epoch values that are already the same on every DDP process (torchmetrics
+    # states synced in compute(), or equal by construction), so they are logged without
+    # Lightning's sync_dist; its advice to add it would only add an all-reduce.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     reset_after_previous_job()  # the next job of a multirun starts its own DDP processes
     install_launcher_patch()  # rank > 0 processes re-run this job, into this job's folder
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]

@@ -29,14 +29,10 @@ def compose(overrides: list[str], output_dir: Path | None = None):
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     """lab.run.train on a composed config, in this process (no re-import of torch)."""
-    from omegaconf import open_dict
-
+    from lab.compose import compose as compose_config
     from lab.run import train
 
-    cfg = compose(overrides, output_dir)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return train(cfg)
+    return train(compose_config(overrides, output_dir, drop_hydra=True))
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -66,27 +66,52 @@ def test_progress_bar_shows_the_running_train_loss(monkeypatch):
     assert bar.get_metrics(SimpleNamespace(training=False), task) == {"v_num": 0}
 
 
-def test_last_checkpoint_is_written_at_most_every_last_every_s(monkeypatch):
+def test_last_checkpoint_follows_training_at_most_every_last_every_s(monkeypatch):
+    """Lightning writes last.ckpt only with a new best; lab also writes it every >= last_every_s
+    seconds and after the final epoch, never twice for one step."""
     clock = Clock()
     monkeypatch.setattr("lab.callbacks.checkpoint.time.monotonic", clock)
     written = []
+    best_epochs = {0, 1, 10}  # epochs with a new best: Lightning writes best and last itself
+    saved_at = {}
+
+    def lightning_validation_end(self, trainer, pl_module):
+        if trainer.current_epoch in best_epochs:
+            self._save_last_checkpoint(trainer, {})
+            saved_at["step"] = trainer.global_step
+
+    monkeypatch.setattr(ModelCheckpoint, "on_validation_end", lightning_validation_end)
     monkeypatch.setattr(ModelCheckpoint, "_save_last_checkpoint", lambda self, tr, mc: written.append(tr.current_epoch))
-    monkeypatch.setattr(ModelCheckpoint, "on_train_end", lambda self, tr, pl: self._save_last_checkpoint(tr, {}))
-    monkeypatch.setattr(ModelCheckpoint, "on_exception", lambda self, tr, pl, exc: self._save_last_checkpoint(tr, {}))
-    callback = Checkpoint(last_every_s=10)
-    trainer = SimpleNamespace(should_stop=False, max_epochs=30, current_epoch=0)
+    monkeypatch.setattr(ModelCheckpoint, "_should_save_on_train_epoch_end", lambda self, tr: False)
+    monkeypatch.setattr(ModelCheckpoint, "_should_skip_saving_checkpoint",
+                        lambda self, tr: saved_at.get("step") == tr.global_step)
+    monkeypatch.setattr(ModelCheckpoint, "_monitor_candidates", lambda self, tr: {})
+    callback = Checkpoint(last_every_s=10, save_last=True)
+    trainer = SimpleNamespace(should_stop=False, max_epochs=30, current_epoch=0, global_step=0)
     for epoch in range(30):  # 30 epochs of 3 s
-        trainer.current_epoch = epoch
-        callback._save_last_checkpoint(trainer, {})
+        trainer.current_epoch, trainer.global_step = epoch, 100 * (epoch + 1)
+        callback.on_validation_end(trainer, None)
         clock.now += 3.0
-    assert written == [0, 4, 8, 12, 16, 20, 24, 28, 29]  # every >= 10 s, and the final epoch
-    trainer.current_epoch = 5
-    callback.on_exception(trainer, None, KeyboardInterrupt())  # Ctrl-C: written now, whatever the clock
-    callback.on_train_end(trainer, None)
-    assert written[-2:] == [5, 5]
-    every_epoch = Checkpoint(last_every_s=0)
-    written.clear()
-    for epoch in range(3):
-        trainer.current_epoch = epoch
-        every_epoch._save_last_checkpoint(trainer, {})
-    assert written == [0, 1, 2]
+    # new bests at 0, 1, 10; otherwise every >= 10 s (4 epochs) since the last write; the final epoch
+    assert written == [0, 1, 5, 9, 10, 14, 18, 22, 26, 29]
+    with pytest.raises(ValueError, match="last_every_s"):
+        Checkpoint(last_every_s=-1)
+
+
+def test_a_sweeps_jobs_share_one_dataset_load(monkeypatch):
+    """Jobs differing in seed, batch size or augmentation reuse the load; another split does not."""
+    from lab.data import memory
+    from lab.data.digits import DigitsDataModule
+
+    calls = []
+    real_load = DigitsDataModule.load
+    monkeypatch.setattr(DigitsDataModule, "load", lambda self: calls.append(self.split_seed) or real_load(self))
+    monkeypatch.setattr(memory, "_LOADED", {})
+    first = DigitsDataModule(seed=0, batch_size=32)
+    first.setup("fit")
+    second = DigitsDataModule(seed=1, batch_size=64)
+    second.setup("fit")
+    assert calls == [0]
+    assert torch.equal(first.splits["val"][1], second.splits["val"][1])
+    DigitsDataModule(seed=0, split_seed=5).setup("fit")
+    assert calls == [0, 5]

@@ -1,12 +1,13 @@
-"""Checkpoints: Lightning's ModelCheckpoint, with last.ckpt written at most every few seconds.
+"""Checkpoints: Lightning's ModelCheckpoint, plus a last.ckpt that keeps up with training.
 
-last.ckpt exists for `resume=<run>`. Written after every epoch it is a full model + optimizer
-write per epoch, which on a study of many short epochs (digits: 30 epochs of 0.3 s) is a cost
-with no use: every random stream of an epoch is a function of (seed, epoch), so a run resumed
-from an older last.ckpt still ends exactly like an uninterrupted one, it only repeats the
-epochs since. So last.ckpt is refreshed when `last_every_s` seconds have passed since the
-previous write, after the final epoch, and on an exception (Ctrl-C). The best checkpoint
-(what the test evaluates) is written whenever the monitored metric improves, as before.
+last.ckpt exists for `resume=<run>`. Lightning (2.6) writes it only in an epoch where the best
+checkpoint was also written, so after a run of epochs without a new best it lags behind and a
+resumed run repeats them. Writing it after every epoch instead is a full model + optimizer
+write per epoch, a cost with no use on studies of many short epochs (digits: 30 epochs of
+0.3 s). Here last.ckpt is also written, in an epoch without a new best, when `last_every_s`
+seconds have passed since it was last written, and after the final epoch. Every random stream
+of an epoch is a function of (seed, epoch), so a run resumed from any last.ckpt ends exactly
+like an uninterrupted one; the throttle only bounds how much a resumed run repeats.
 """
 
 from __future__ import annotations
@@ -25,27 +26,26 @@ class Checkpoint(ModelCheckpoint):
             raise ValueError(f"callbacks.model_checkpoint.last_every_s must be >= 0, got {last_every_s}")
         self.last_every_s = float(last_every_s)
         self._last_written = float("-inf")
-        self._always = False  # an exception or the end of training: write regardless of the clock
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        final = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs >= 0
-                                        and trainer.current_epoch + 1 >= trainer.max_epochs)
-        due = time.monotonic() - self._last_written >= self.last_every_s
-        if not (self._always or final or due):
-            return
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written = time.monotonic()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._always = True
-        try:
-            super().on_exception(trainer, pl_module, exception)
-        finally:
-            self._always = False
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):  # no validation: this is where Lightning saves
+            self._keep_last_up_to_date(trainer)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._always = True
-        try:
-            super().on_train_end(trainer, pl_module)
-        finally:
-            self._always = False
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._keep_last_up_to_date(trainer)
+
+    def _keep_last_up_to_date(self, trainer: L.Trainer) -> None:
+        # Skipped when Lightning already wrote a checkpoint (best and last) at this step.
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+            return
+        final = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs >= 0
+                                        and trainer.current_epoch + 1 >= trainer.max_epochs)
+        if final or time.monotonic() - self._last_written >= self.last_every_s:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -38,15 +38,6 @@ class ProgressBar(RichProgressBar):
         self._last_redraw = now
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            # Reading the epoch's metrics here would compute (and sync) them on rank 0 alone,
-            # while the other processes sync the task's epoch metrics: mismatched collectives,
-            # a deadlock. The bar shows them after the epoch's validation instead.
-            self.refresh()
-            return
-        super().on_train_epoch_end(trainer, pl_module)
-
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         running = getattr(pl_module, "running_mean", None)

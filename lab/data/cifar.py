@@ -22,7 +22,8 @@ class _CifarDataModule(InMemoryClassificationData):
     `split_seed`); test is the official test batch.
     """
 
-    process_cache = True  # a sweep's jobs share one load (lab.data.memory._cached_load)
+    # What load() reads: a sweep's jobs with equal values share one load (memory._cached_load).
+    load_settings = ("root", "download", "split_seed", "val_size", "label_type")
 
     folder = ""
     train_files: tuple[str, ...] = ()

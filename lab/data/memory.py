@@ -497,28 +497,18 @@ def _cached_load(data: InMemoryClassificationData) -> dict:
     """`data.load()`, reused by the next job of a sweep that reads the same files with the
     same settings: the jobs of a multirun share one process, and decoding Fashion-MNIST's
     70,000 images again for every job costs seconds per job. The key is the datamodule's
-    class, every plain setting it holds (paths, sizes, seeds, ...) and the size and time of
-    the files under its root; an attribute load() sets on the instance (class names, ...) is
-    restored on a hit. One dataset is kept. Only datamodules that say `process_cache = True`
-    (fixed archives: digits, MNIST, Fashion-MNIST, CIFAR) are cached; folders of images are
-    read again. The arrays are never modified in place (splits, noise, device moves copy)."""
-    if not getattr(type(data), "process_cache", False):
+    class, the values of the attributes it names in `load_settings` (what its load() reads:
+    root, split seed, split sizes; not the run's seed, batch size or augmentation) and the
+    size and time of the files under its root. Attributes load() sets on the instance (class
+    names, ...) are restored on a hit. One dataset is kept. Datamodules without
+    `load_settings` (folders of images) are read again. The arrays are never modified in
+    place (splits, noise, device moves copy)."""
+    settings = getattr(type(data), "load_settings", None)
+    if settings is None:
         return data.load()
-    plain = (str, int, float, bool, type(None))
-    items = [("files", _files_stamp(getattr(data, "root", None)))]
-    for k, v in sorted(vars(data).items()):
-        if k.startswith("_") or k in ("splits", "trainer"):
-            continue
-        if isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v):
-            v = tuple(v)
-        elif isinstance(v, dict) and all(isinstance(x, plain) for x in v.values()):
-            v = tuple(sorted(v.items()))
-        elif not isinstance(v, plain):
-            continue
-        items.append((k, v))
-    key = (type(data).__module__, type(data).__qualname__, tuple(items))
+    values = tuple((k, str(getattr(data, k)) if isinstance(getattr(data, k), Path) else getattr(data, k))
+                   for k in settings)
+    key = (type(data).__module__, type(data).__qualname__, values, _files_stamp(getattr(data, "root", None)))
     if key in _LOADED:
         loaded, state = _LOADED[key]
         data.__dict__.update(state)

@@ -29,7 +29,8 @@ class _IdxDataModule(InMemoryClassificationData):
     network, raises DataNotFoundError naming the folder, the files and the fix.
     """
 
-    process_cache = True  # a sweep's jobs share one load (lab.data.memory._cached_load)
+    # What load() reads: a sweep's jobs with equal values share one load (memory._cached_load).
+    load_settings = ("root", "download", "split_seed", "val_size")
 
     torchvision_folder = ""  # e.g. "FashionMNIST": torchvision keeps files in <root>/<folder>/raw
     how_to_get = ""

@@ -123,7 +123,7 @@ class ClassificationTask(L.LightningModule):
         """Adds one batch's `value`, weighted by its `weight` samples, to the epoch mean `key`."""
         metric = self._epoch_means.get(key)
         if metric is None:
-            # Outside the module tree, so checkpoints hold the same keys as before.
+            # Made on the first batch, on the task's device (metric states are not checkpointed).
             metric = self._epoch_means[key] = EpochMean().to(self.device)
         metric.update(value, weight)
 
@@ -170,14 +170,16 @@ class ClassificationTask(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train/lr", float(lr), on_step=False, on_epoch=True, sync_dist=True)
+        # Equal on every DDP process, so not synced: a synced value is reduced lazily, by whoever
+        # reads the metrics first, and rank 0's progress bar reads them alone.
+        self.log("train/lr", float(lr), on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         top1 = self.val_acc.compute()["val/top1"]
         if not self.trainer.sanity_checking and (self.best_epoch is None or top1 > self.val_top1_best.compute()):
             self.best_epoch = self.current_epoch
         self.val_top1_best.update(top1)
-        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True, sync_dist=True)  # equal on all ranks
+        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)  # equal on all ranks: not synced
         self.log_epoch_metrics("val", self.val_acc)
 
     def on_train_epoch_end(self) -> None:

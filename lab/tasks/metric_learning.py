@@ -132,7 +132,7 @@ class MetricLearningTask(ClassificationTask):
         for param in self.model.parameters():
             in_classifier = param in classifier_params
             param.requires_grad_(stage == 0 or (stage == 1) != in_classifier)
-        self.log("train/stage", float(stage), on_step=False, on_epoch=True, sync_dist=True)
+        self.log("train/stage", float(stage), on_step=False, on_epoch=True)  # equal on all ranks
 
     # --- steps -----------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
