@@ -506,8 +506,8 @@ def _cached_load(data: InMemoryClassificationData) -> dict:
     settings = getattr(type(data), "load_settings", None)
     if settings is None:
         return data.load()
-    values = tuple((k, str(getattr(data, k)) if isinstance(getattr(data, k), Path) else getattr(data, k))
-                   for k in settings)
+    values = tuple((k, str(v) if isinstance(v, Path) else v)  # a setting a subclass lacks counts as None
+                   for k, v in ((k, getattr(data, k, None)) for k in settings))
     key = (type(data).__module__, type(data).__qualname__, values, _files_stamp(getattr(data, "root", None)))
     if key in _LOADED:
         loaded, state = _LOADED[key]
