@@ -13,8 +13,8 @@ validation pass over the 5,000 val images after every epoch.
 - plain: zero_grad / forward / cross-entropy / backward / step / scheduler step, a running
   loss and accuracy kept as tensors (read once per epoch), then the validation loop.
 
-How: by default the two take turns every 20 train steps in one process (lab's trainer.fit in
-a second thread, each side's clock running only while it runs), because this VM's speed
+How: by default the two take turns every 20 train steps in one thread (lab's batch-end hook
+runs the plain loop's next 20 steps, each side's clock running only while it runs), because this VM's speed
 drifts by up to 10% between back-to-back minute-long runs; `--interleave 0` runs whole runs
 back to back instead. `--control` times the plain loop against itself the same way (the
 noise floor of the method). Printed: each pair's times and ratio and the median of the
@@ -25,6 +25,7 @@ per-pair ratios (the figure, target <= 1.03).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -41,6 +42,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 from function_fitting import compose  # noqa: E402  (bench/ is not a package)
 
 FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@contextlib.contextmanager
+def as_plain_script():
+    """The environment a plain PyTorch script runs in: importing Lightning (done here, for lab)
+    sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every AdamW step of a CUDA build look
+    for libnvidia-ml; a script that never imports Lightning does not have it."""
+    saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
@@ -69,7 +83,8 @@ def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
     """The hand-written loop as a generator: it yields after every `chunk` train steps (never if 0)
-    and fills `result` with (seconds spent running, final epoch's mean train loss, last val top-1)."""
+    and fills `result` with the seconds spent running (in all, and validating), the final epoch's
+    mean train loss and the last val top-1."""
     import torch
     from hydra.utils import instantiate
 
@@ -94,7 +109,7 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
     augment, plain = data.batch_transform(True), data.batch_transform(False)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    running, started = 0.0, time.perf_counter()
+    running, val_seconds, started = 0.0, 0.0, time.perf_counter()
     for epoch in range(epochs):
         model.train()
         if hasattr(train_loader, "set_epoch"):
@@ -118,6 +133,7 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
                 yield
                 started = time.perf_counter()
         train_loss = (loss_sum / seen).item()
+        val_started = time.perf_counter()
         model.eval()
         val_correct, val_seen = 0, 0
         with torch.no_grad():
@@ -125,123 +141,114 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
                 logits = model(plain(x).contiguous(memory_format=torch.channels_last))
                 val_correct += int((logits.argmax(1) == y).sum())
                 val_seen += len(y)
+        val_seconds += time.perf_counter() - val_started
     running += time.perf_counter() - started
-    result.update(seconds=running, train_loss=train_loss, val_top1=val_correct / val_seen)
+    result.update(seconds=running, val_seconds=val_seconds, train_loss=train_loss, val_top1=val_correct / val_seen)
 
 
 def run_plain(overrides: list[str], steps: int | None = None) -> tuple[float, float, float]:
     """(seconds, final epoch's mean train loss, last val top-1) of the hand-written loop, alone."""
     result: dict = {}
-    for _ in plain_loop(overrides, steps, 0, result):
-        pass
+    with as_plain_script():
+        for _ in plain_loop(overrides, steps, 0, result):
+            pass
     return result["seconds"], result["train_loss"], result["val_top1"]
 
 
-def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chunk: int) -> tuple[float, float]:
-    """(lab seconds, plain seconds) with the two taking turns every `chunk` train steps.
+def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chunk: int) -> tuple[dict, dict]:
+    """(lab's seconds, plain's seconds) with the two taking turns every `chunk` train steps; each
+    a dict of "total", "train" (the train batches), "val" (validation) and "other" (the rest:
+    set-up, epoch ends, checkpoints, logging).
 
-    lab's trainer.fit runs in this (the main) thread, as in `python -m lab.run`; the plain loop
-    runs in a second thread. lab hands over at every `chunk`-th batch end and the plain loop at
-    every `chunk`-th step; only one side runs at a time, and each side's clock runs only while
-    it does. A slow minute of the machine then slows both sides alike, where back-to-back runs
-    of a minute each differ by up to 10% on this VM."""
-    import threading
-
+    Both run in this one thread, as in `python -m lab.run`: lab's trainer.fit calls the plain
+    loop's next `chunk` steps from its own batch-end hook and stops its clock while they run.
+    A slow minute of the machine then slows both sides alike, where back-to-back runs of a
+    minute each differ by up to 10% on this VM; one thread means one OpenMP thread team and no
+    second Python thread contending for the interpreter."""
     import lightning as L
 
     from lab.run import train
 
-    to_plain, to_lab = threading.Event(), threading.Event()
-    clock = {"lab": 0.0, "since": 0.0}
     plain_result: dict = {}
+    plain = plain_loop(overrides, steps, chunk, plain_result)
+    paused = [0.0]
+    lab = {"train": 0.0, "val": 0.0}
+    marks: dict = {"chunk": 0.0}
+    chunks: list[tuple[float, float]] = []  # (lab, plain) seconds of each turn's `chunk` train steps
 
-    def plain_side():
-        try:
-            for _ in plain_loop(overrides, steps, chunk, plain_result):
-                to_lab.set()
-                to_plain.wait()
-                to_plain.clear()
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            plain_result["error"] = err
-        plain_result["finished"] = True
-        to_lab.set()
+    def lab_clock() -> float:
+        return time.perf_counter() - paused[0]
 
     def hand_over() -> None:
-        if plain_result.get("finished"):
+        if "seconds" in plain_result:
             return
-        clock["lab"] += time.perf_counter() - clock["since"]
-        to_plain.set()
-        to_lab.wait()
-        to_lab.clear()
-        clock["since"] = time.perf_counter()
+        start = time.perf_counter()
+        with as_plain_script():
+            next(plain, None)
+        paused[0] += time.perf_counter() - start
+        if "seconds" not in plain_result:  # a whole turn of train steps on both sides
+            chunks.append((lab["train"] - marks["chunk"], time.perf_counter() - start))
+        marks["chunk"] = lab["train"]
 
     class HandOver(L.Callback):
+        """Times lab's phases on its own clock and hands over every `chunk` batches."""
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            marks["batch"] = lab_clock()
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            # since the last batch ended: fetching, augmenting and training on this one
+            lab["train"] += lab_clock() - marks["batch"]
             if (batch_idx + 1) % chunk == 0:
                 hand_over()
+            marks["batch"] = lab_clock()
+
+        def on_validation_start(self, trainer, pl_module):
+            marks["val"] = lab_clock()
+
+        def on_validation_end(self, trainer, pl_module):
+            lab["val"] += lab_clock() - marks.pop("val")
 
     fit = L.Trainer.fit
 
     def timed_fit(self, *args, **kwargs):
         self.callbacks.append(HandOver())
-        clock["since"] = time.perf_counter()
+        start = lab_clock()
         try:
             return fit(self, *args, **kwargs)
         finally:
-            clock["lab"] += time.perf_counter() - clock["since"]
+            lab["total"] = lab_clock() - start
 
-    thread = threading.Thread(target=plain_side, name="plain-loop")
-    thread.start()
-    to_lab.wait()  # the plain side builds its model and data first, then hands over at its first chunk
-    to_lab.clear()
+    with as_plain_script():
+        next(plain)  # the plain side builds its model and data, then runs its first chunk
     L.Trainer.fit = timed_fit
     try:
         train(compose([*overrides, "test=false"], run_dir))
     finally:
         L.Trainer.fit = fit
-    while not plain_result.get("finished"):  # lab finished first: the rest of the plain loop
-        to_plain.set()
-        to_lab.wait()
-        to_lab.clear()
-    thread.join()
-    if "error" in plain_result:
-        raise plain_result["error"]
-    return clock["lab"], plain_result["seconds"]
+    with as_plain_script():
+        for _ in plain:  # lab finished first: the rest of the plain loop
+            pass
+    lab["other"] = lab["total"] - lab["train"] - lab["val"]
+    plain_times = {"total": plain_result["seconds"], "val": plain_result["val_seconds"]}
+    plain_times["train"] = plain_times["total"] - plain_times["val"]
+    plain_times["other"] = 0.0
+    lab["chunks"] = plain_times["chunks"] = chunks
+    return lab, plain_times
 
 
 def run_control(overrides: list[str], steps: int | None, chunk: int) -> tuple[float, float]:
-    """(second-thread seconds, main-thread seconds) of the plain loop against itself, taking
+    """(first loop's seconds, second loop's seconds) of the plain loop against itself, taking
     turns exactly like run_interleaved: what the method reads when both sides are equal."""
-    import threading
-
-    to_main, to_thread = threading.Event(), threading.Event()
-    main_result: dict = {}
-    thread_result: dict = {}
-
-    def thread_side():
-        for _ in plain_loop(overrides, steps, chunk, thread_result):
-            to_main.set()
-            to_thread.wait()
-            to_thread.clear()
-        thread_result["finished"] = True
-        to_main.set()
-
-    main_side = plain_loop(overrides, steps, chunk, main_result)
-    thread = threading.Thread(target=thread_side, name="plain-control")
-    thread.start()
-    main_finished = False
-    while True:
-        to_main.wait()
-        to_main.clear()
-        if not main_finished:
-            main_finished = next(main_side, StopIteration) is StopIteration
-        if thread_result.get("finished"):
-            break
-        to_thread.set()
-    for _ in main_side:
-        pass
-    thread.join()
-    return thread_result["seconds"], main_result["seconds"]
+    first: dict = {}
+    second: dict = {}
+    a, b = plain_loop(overrides, steps, chunk, first), plain_loop(overrides, steps, chunk, second)
+    done_a = done_b = False
+    with as_plain_script():
+        while not (done_a and done_b):
+            done_a = done_a or next(a, StopIteration) is StopIteration
+            done_b = done_b or next(b, StopIteration) is StopIteration
+    return first["seconds"], second["seconds"]
 
 
 def main() -> None:
@@ -274,10 +281,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         for rep in range(args.repeats):
             if args.interleave:
-                lab_s, plain_s = run_interleaved(overrides, Path(tmp) / f"lab{rep}", args.steps, args.interleave)
-                pairs.append((lab_s, plain_s))
-                lines.append(f"pair {rep + 1}: lab fit {lab_s:.2f} s   plain {plain_s:.2f} s   "
-                             f"ratio {lab_s / plain_s:.3f}   (taking turns every {args.interleave} steps)")
+                lab_t, plain_t = run_interleaved(overrides, Path(tmp) / f"lab{rep}", args.steps, args.interleave)
+                pairs.append((lab_t["total"], plain_t["total"]))
+                lines.append(f"pair {rep + 1}: lab fit {lab_t['total']:.2f} s   plain {plain_t['total']:.2f} s   "
+                             f"ratio {lab_t['total'] / plain_t['total']:.3f}   "
+                             f"(taking turns every {args.interleave} steps)")
+                turns = sorted(a / b for a, b in lab_t["chunks"])
+                lines.append("        " + "   ".join(
+                    f"{part} {lab_t[part]:.2f} s vs {plain_t[part]:.2f} s" for part in ("train", "val", "other"))
+                    + f"   turns: median ratio {statistics.median(turns):.3f} "
+                      f"(quartiles {turns[len(turns) // 4]:.3f}-{turns[3 * len(turns) // 4]:.3f}, {len(turns)} turns)")
                 continue
             if rep % 2:
                 lab_s, lab_loss = run_lab(overrides, Path(tmp) / f"lab{rep}")
@@ -290,7 +303,7 @@ def main() -> None:
                          f"(train loss {plain_loss:.5f}, val top-1 {plain_val:.4f})   ratio {lab_s / plain_s:.3f}")
         if args.control and args.interleave:
             a, b = run_control(overrides, args.steps, args.interleave)
-            lines.append(f"control: plain in a second thread {a:.2f} s vs plain {b:.2f} s, ratio {a / b:.3f} "
+            lines.append(f"control: plain {a:.2f} s vs plain {b:.2f} s, ratio {a / b:.3f} "
                          "(the same loop on both sides: the method's own error)")
     print("\n" + "\n".join(lines))
     ratio = statistics.median(a / b for a, b in pairs)

@@ -115,3 +115,68 @@ def test_a_sweeps_jobs_share_one_dataset_load(monkeypatch):
     assert torch.equal(first.splits["val"][1], second.splits["val"][1])
     DigitsDataModule(seed=0, split_seed=5).setup("fit")
     assert calls == [0, 5]
+
+
+def test_the_trainer_profiles_through_one_shared_no_op_unless_a_profiler_is_asked_for(tmp_path):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lab.build import build_trainer
+    from lab.profiler import NoProfiler
+    from tests.conftest import compose
+
+    trainer = build_trainer(compose(["trainer.max_epochs=1"], tmp_path / "a"))
+    assert isinstance(trainer.profiler, NoProfiler)
+    first, second = trainer.profiler.profile("a"), trainer.profiler.profile("b")
+    assert first is second
+    with first, second:  # nested, as Lightning nests hook calls
+        pass
+    trainer = build_trainer(compose(["trainer.max_epochs=1", "trainer.profiler=simple"], tmp_path / "b"))
+    assert isinstance(trainer.profiler, SimpleProfiler)
+
+
+def test_callbacks_with_nothing_to_do_are_checked_but_not_handed_to_the_trainer(tmp_path):
+    from lab.build import build_trainer
+    from lab.callbacks.features import FeaturePictures
+    from tests.conftest import compose
+
+    names = lambda trainer: {type(c).__name__ for c in trainer.callbacks}  # noqa: E731
+    off = build_trainer(compose(["trainer.max_epochs=1"], tmp_path / "a"))
+    assert FeaturePictures.__name__ not in names(off) and "EpochSeeding" in names(off)
+    on = build_trainer(compose(["trainer.max_epochs=1", "viz.classes=[0,1]"], tmp_path / "b"))
+    assert FeaturePictures.__name__ in names(on)
+    # an inactive callback's settings are still checked (Hydra wraps the error)
+    with pytest.raises(Exception, match=r"viz.methods: unknown \['umap'\]"):
+        build_trainer(compose(["trainer.max_epochs=1", "viz.methods=[umap]"], tmp_path / "c"))
+
+
+def test_hook_names_skip_nn_module_attribute_checks_and_everything_else_does_not():
+    task = ClassificationTask(model=SmallCNN(in_channels=1, num_classes=10, image_size=(8, 8), channels=[4]),
+                              optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=10)
+    task._current_fx_name = "training_step"
+    assert task._current_fx_name == "training_step" and "_current_fx_name" in task.__dict__
+    task.extra = torch.nn.Linear(2, 2)  # still registered as a submodule
+    assert "extra" in dict(task.named_children())
+
+
+def test_without_a_gpu_torch_answers_is_cuda_there_from_its_cache(monkeypatch):
+    import os
+
+    from lab.build import cheap_cuda_probe_without_gpu
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cheap_cuda_probe_without_gpu()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # a GPU: Lightning's fork-safe check stays
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cheap_cuda_probe_without_gpu()
+    assert "PYTORCH_NVML_BASED_CUDA_CHECK" not in os.environ
+
+
+def test_top_k_accuracy_when_k_exceeds_the_classes_seen():
+    from lab.metrics.accuracy import TopKAccuracy
+
+    metric = TopKAccuracy((1, 5))
+    metric.update(torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]]), torch.tensor([1, 2, 1]))
+    values = metric.compute()
+    assert values["top1"].item() == pytest.approx(1 / 3)
+    assert values["top5"].item() == pytest.approx(1.0)  # every label is among 3 classes

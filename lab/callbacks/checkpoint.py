@@ -27,6 +27,15 @@ class Checkpoint(ModelCheckpoint):
         self.last_every_s = float(last_every_s)
         self._last_written = float("-inf")
 
+    @property
+    def state_key(self) -> str:
+        # Lightning builds this key (a dict's repr) for every callback hook call, a dozen a
+        # training step, as its profiler's label; what it names is fixed by __init__.
+        key = self.__dict__.get("_cached_state_key")
+        if key is None:
+            key = self._cached_state_key = super().state_key
+        return key
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written = time.monotonic()

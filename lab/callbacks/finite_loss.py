@@ -38,16 +38,14 @@ class FiniteLossCheck(Callback):
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         if trainer.sanity_checking:
             return
-        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
-        where = (int(trainer.global_step), int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_idx), lr)
         loss = loss.detach()
         if not (loss.device.type != "cpu" if self.defer is None else self.defer):  # reading it costs nothing
             value = float(loss.float().sum())
             if not math.isfinite(value):
-                raise self._error(value, *where)
+                raise self._error(value, *self._step_of(trainer))
             return
         index = len(self._where)
-        self._where.append(where)
+        self._where.append(self._step_of(trainer))
         if self._first is None:
             self._first = torch.full((), -1, dtype=torch.long, device=loss.device)
             self._value = torch.zeros((), dtype=torch.float32, device=loss.device)
@@ -72,6 +70,12 @@ class FiniteLossCheck(Callback):
         if first >= 0:
             raise self._error(float(self._value.item()), *self._where[first])
         self._reset()
+
+    @staticmethod
+    def _step_of(trainer: L.Trainer) -> tuple[int, int, int, float]:
+        """(step, epoch, batch, learning rate) of the current training step."""
+        lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
+        return int(trainer.global_step), int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_idx), lr
 
     @staticmethod
     def _error(value: float, step: int, epoch: int, batch: int, lr: float) -> NonFiniteLossError:

@@ -23,8 +23,10 @@ class EpochMean(Metric):
         self.add_state("weight", default=torch.zeros(()), dist_reduce_fx="sum")
 
     def update(self, value: torch.Tensor, weight: int | float = 1) -> None:
-        self.total += value.detach().float().sum() * weight
-        self.weight += weight * value.numel()
+        # in place (no nn.Module attribute assignment): this runs every training step
+        value = value.detach().float()
+        self.total.add_(value.sum() if value.ndim else value, alpha=weight)
+        self.weight.add_(weight * value.numel())
 
     def compute(self) -> torch.Tensor:
         return self.total / self.weight

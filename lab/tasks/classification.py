@@ -6,7 +6,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MaxMetric
@@ -14,6 +13,7 @@ from torchmetrics import MaxMetric
 from lab.errors import ConfigError
 from lab.metrics.accuracy import TopKAccuracy
 from lab.metrics.epoch_mean import EpochMean
+from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
 
@@ -48,7 +48,7 @@ def make_loss(kind: str, label_smoothing: float = 0.0) -> nn.Module:
     raise ConfigError(f"task.loss must be cross_entropy, sse or mse, got {kind!r}")
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(Task):
     """Wraps any nn.Module that maps images to class logits.
 
     `optimizer` is a partial taking the parameters; `scheduler` a partial taking the

@@ -21,18 +21,18 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanSquaredError, MetricCollection, MinMetric, R2Score
 
 from lab.errors import ConfigError
+from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
 MONITORS = ("val/mse", "val/r2", "val/mse_best")
 
 
-class RegressionTask(L.LightningModule):
+class RegressionTask(Task):
     """Wraps any nn.Module mapping x [N, d] to y [N, k], trained full-batch.
 
     `optimizer` is a partial taking the parameters; `scheduler` a partial taking the
