@@ -40,7 +40,7 @@ class FiniteLossCheck(Callback):
             return
         loss = loss.detach()
         if not (loss.device.type != "cpu" if self.defer is None else self.defer):  # reading it costs nothing
-            value = float(loss.float().sum())
+            value = float(loss) if loss.ndim == 0 else float(loss.float().sum())
             if not math.isfinite(value):
                 raise self._error(value, *self._step_of(trainer))
             return
