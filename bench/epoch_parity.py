@@ -39,9 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from function_fitting import compose  # noqa: E402  (bench/ is not a package)
-
-FASHION = "/usr/share/datasets/fashion-mnist"
+from common import FASHION, compose, timed_fits  # noqa: E402  (bench/ is not a package)
 
 
 @contextlib.contextmanager
@@ -59,26 +57,11 @@ def as_plain_script():
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
     """(trainer.fit seconds, final train/loss) of one lab run."""
-    import lightning as L
-
     from lab.run import train
 
-    seconds: list[float] = []
-    fit = L.Trainer.fit
-
-    def timed_fit(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fit(self, *args, **kwargs)
-        finally:
-            seconds.append(time.perf_counter() - start)
-
-    L.Trainer.fit = timed_fit
-    try:
+    with timed_fits() as fits:
         metrics = train(compose([*overrides, "test=false"], run_dir))
-    finally:
-        L.Trainer.fit = fit
-    return seconds[0], float(metrics["train/loss"])
+    return fits[0][0], float(metrics["train/loss"])
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
@@ -209,26 +192,14 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
         def on_validation_end(self, trainer, pl_module):
             lab["val"] += lab_clock() - marks.pop("val")
 
-    fit = L.Trainer.fit
-
-    def timed_fit(self, *args, **kwargs):
-        self.callbacks.append(HandOver())
-        start = lab_clock()
-        try:
-            return fit(self, *args, **kwargs)
-        finally:
-            lab["total"] = lab_clock() - start
-
     with as_plain_script():
         next(plain)  # the plain side builds its model and data, then runs its first chunk
-    L.Trainer.fit = timed_fit
-    try:
+    with timed_fits(HandOver(), clocks=(lab_clock,)) as fits:
         train(compose([*overrides, "test=false"], run_dir))
-    finally:
-        L.Trainer.fit = fit
     with as_plain_script():
         for _ in plain:  # lab finished first: the rest of the plain loop
             pass
+    lab["total"] = fits[0][0]
     lab["other"] = lab["total"] - lab["train"] - lab["val"]
     plain_times = {"total": plain_result["seconds"], "val": plain_result["val_seconds"]}
     plain_times["train"] = plain_times["total"] - plain_times["val"]

@@ -35,37 +35,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import compose, timed_fits  # noqa: E402  (bench/ is not a package)
+
 OVERRIDES = ["experiment=mlp_function"]
-
-
-def compose(overrides: list[str], run_dir: Path | None = None):
-    """The config `python -m lab.run <overrides>` composes; with `run_dir`, as lab.run's job sees it."""
-    from lab.compose import compose as compose_config
-
-    return compose_config(overrides, run_dir, drop_hydra=run_dir is not None)
 
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float, float, float]:
     """(trainer.fit seconds, its CPU seconds, lab.run's wall_time_s, final train/mse) of one lab run."""
-    import lightning as L
-
     from lab.run import train
 
-    fit_seconds: list[tuple[float, float]] = []
-    fit = L.Trainer.fit
-
-    def timed_fit(self, *args, **kwargs):
-        start, cpu = time.perf_counter(), time.process_time()
-        try:
-            return fit(self, *args, **kwargs)
-        finally:
-            fit_seconds.append((time.perf_counter() - start, time.process_time() - cpu))
-
-    L.Trainer.fit = timed_fit
-    try:  # prints what `python -m lab.run` prints, progress bar included
-        metrics = train(compose(overrides, run_dir))
-    finally:
-        L.Trainer.fit = fit
+    with timed_fits(clocks=(time.perf_counter, time.process_time)) as fit_seconds:
+        metrics = train(compose(overrides, run_dir))  # prints what `python -m lab.run` prints, progress bar included
     return (*fit_seconds[0], float(metrics["wall_time_s"]), float(metrics["train/mse"]))
 
 

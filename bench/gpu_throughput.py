@@ -29,9 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from function_fitting import compose  # noqa: E402  (bench/ is not a package)
-
-FASHION = "/usr/share/datasets/fashion-mnist"
+from common import FASHION, compose, timed_fits  # noqa: E402  (bench/ is not a package)
 
 
 def overrides(args) -> list[str]:
@@ -66,17 +64,8 @@ def run_lab(args) -> float:
                 sync(args.device)
                 marks["start" if batch_idx + 1 == first else "end"] = time.perf_counter()
 
-    fit = L.Trainer.fit
-
-    def fit_with_timer(self, *fit_args, **kwargs):
-        self.callbacks.append(StepTimer())
-        return fit(self, *fit_args, **kwargs)
-
-    L.Trainer.fit = fit_with_timer
-    try:
+    with timed_fits(StepTimer()):
         train(compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-"))))
-    finally:
-        L.Trainer.fit = fit
     return marks["end"] - marks["start"]
 
 
