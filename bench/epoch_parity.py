@@ -234,7 +234,7 @@ def main() -> None:
                              "0: whole runs back to back, alternating which goes first")
     parser.add_argument("--control", action="store_true",
                         help="also time the plain loop against itself the same way (the method's noise floor)")
-    parser.add_argument("--json", help="also write the figures to this JSON file (make bench)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if not (Path(args.root) / "train-images-idx3-ubyte.gz").exists():
         sys.exit(f"error: no Fashion-MNIST in {args.root}; apt-get install dataset-fashion-mnist or pass --root")

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra lab overrides for every job")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="(1-job, N-job) sweep pairs")
-    parser.add_argument("--json", help="also write the figures to this JSON file (make bench)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.jobs < 2:
         sys.exit("error: --jobs must be >= 2 (the per-job figure compares against a 1-job sweep)")
