@@ -197,8 +197,10 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
         node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
     if node.get("profiler") is None and "profiler" not in kwargs:
+        from lab.hook_dispatch import install as skip_empty_hooks
         from lab.profiler import NoProfiler
 
         kwargs["profiler"] = NoProfiler()
         node.pop("profiler", None)
+        skip_empty_hooks()  # for trainers with this profiler only: a real one still sees every hook
     return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)

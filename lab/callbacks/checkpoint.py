@@ -36,6 +36,12 @@ class Checkpoint(ModelCheckpoint):
             key = self._cached_state_key = super().state_key
         return key
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return  # saving by epoch only: Lightning's per-batch check would only find that out, every batch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written = time.monotonic()

@@ -1,0 +1,157 @@
+"""lab's hook dispatch skips only the hooks that cannot do anything: every hook with a body runs,
+in Lightning's order, with Lightning's arguments; a real profiler still sees every hook."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, LambdaCallback
+from lightning.pytorch.profilers import PassThroughProfiler
+
+from lab import hook_dispatch
+from lab.callbacks.checkpoint import Checkpoint
+from lab.profiler import NoProfiler
+
+BATCHES = 3
+
+
+class Recorder(Callback):
+    """Overrides a few per-batch hooks, leaves the rest to Callback's empty ones."""
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(("cb.on_train_batch_start", batch_idx, pl_module._current_fx_name))
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self.seen.append(("cb.on_before_backward", round(float(loss.detach()), 6)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append(("cb.on_train_batch_end", batch_idx, round(float(outputs["loss"]), 6)))
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.seen = seen
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+    def on_after_backward(self):
+        self.seen.append(("module.on_after_backward", self._current_fx_name))
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.seen.append(("module.on_train_batch_start", batch_idx))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(tmp_path, profiler) -> list:
+    hook_dispatch.install()
+    seen: list = []
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
+    lam = LambdaCallback(on_before_optimizer_step=lambda tr, pl, opt: seen.append(("lambda.before_step",)))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", profiler=profiler,
+                        callbacks=[Recorder(seen), lam, Callback()], default_root_dir=tmp_path)
+    trainer.fit(Tiny(seen), torch.utils.data.DataLoader(data, batch_size=4))
+    return seen
+
+
+def count_calls(code, run):
+    """How often a function with this code object is entered while `run()` runs."""
+    calls = [0]
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is code:
+            calls[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return calls[0]
+
+
+def test_every_hook_with_a_body_runs_as_lightning_runs_it(tmp_path):
+    lab_way = fit(tmp_path / "lab", NoProfiler())
+    lightning_way = fit(tmp_path / "lightning", PassThroughProfiler())
+    assert lab_way == lightning_way
+    assert lab_way.count(("lambda.before_step",)) == BATCHES  # a hook set on the instance (LambdaCallback)
+    assert ("cb.on_train_batch_start", 0, "on_train_batch_start") in lab_way
+    assert ("module.on_after_backward", "on_after_backward") in lab_way
+
+
+def test_empty_hooks_are_skipped_only_under_labs_profiler(tmp_path):
+    empty = Callback.on_before_zero_grad.__code__
+    assert count_calls(empty, lambda: fit(tmp_path / "lab", NoProfiler())) == 0
+    # Lightning's own dispatch calls the base no-op for each of the three callbacks, every batch
+    assert count_calls(empty, lambda: fit(tmp_path / "lightning", PassThroughProfiler())) >= 2 * BATCHES
+
+
+def test_an_empty_hook_is_told_from_one_with_a_body():
+    def documented():
+        """Only a docstring."""
+
+    def body():
+        return 1
+
+    assert hook_dispatch.does_nothing(Callback.on_train_batch_end)
+    assert hook_dispatch.does_nothing(L.LightningModule.on_before_backward)
+    assert hook_dispatch.does_nothing(documented)
+    assert not hook_dispatch.does_nothing(body)
+    assert not hook_dispatch.does_nothing(L.LightningModule.optimizer_step)
+    assert not hook_dispatch.does_nothing(L.LightningModule.on_before_batch_transfer)  # returns the batch
+    assert not hook_dispatch.does_nothing(None)
+
+
+def test_the_step_signature_is_read_once_per_function(monkeypatch):
+    hook_dispatch.install()
+    from lightning.pytorch.loops import training_epoch_loop
+
+    check = training_epoch_loop.is_param_in_hook_signature
+    reads = []
+    monkeypatch.setattr("inspect.getfullargspec", lambda fn, real=__import__("inspect").getfullargspec:
+                        reads.append(fn) or real(fn))
+
+    class Module(Tiny):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx)
+
+    class NoIndex(Tiny):
+        def training_step(self, batch):
+            return super().training_step(batch, 0)
+
+    module, other = Module([]), NoIndex([])
+    answers = [check(module.training_step, "batch_idx", min_args=2) for _ in range(5)]
+    assert answers == [True] * 5 and len(reads) == 1
+    assert check(other.training_step, "batch_idx", min_args=2) is False  # another function, another answer
+    assert len(reads) == 2
+
+
+def test_checkpoints_every_n_train_steps_are_still_written(tmp_path):
+    callback = Checkpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", profiler=NoProfiler(), callbacks=[callback], default_root_dir=tmp_path)
+    hook_dispatch.install()
+    trainer.fit(Tiny([]), torch.utils.data.DataLoader(data, batch_size=4))
+    assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == ["step=2.ckpt", "step=4.ckpt"]
+
+
+@pytest.mark.parametrize("name", sorted(hook_dispatch._EXPECTED))
+def test_lightning_still_has_the_functions_replaced(name):
+    """A Lightning upgrade that changes them makes install() leave Lightning alone; this says so."""
+    from lightning.pytorch.trainer import call
+
+    assert hook_dispatch._shapes_match(call), f"lightning.pytorch.trainer.call.{name} changed shape"
