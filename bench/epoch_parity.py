@@ -18,8 +18,11 @@ runs the plain loop's next 20 steps, each side's clock running only while it run
 drifts by up to 10% between back-to-back minute-long runs; `--interleave 0` runs whole runs
 back to back instead. `--control` times the plain loop against itself the same way (the
 noise floor of the method). Printed: each pair's times and ratio and the median of the
-per-pair ratios (the figure, target <= 1.03).
-    .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--root DIR] [--json FILE] [override ...]
+per-pair ratios (the figure, target <= 1.03). `--floor` also times Lightning alone against the
+plain loop the same way: the same model, data, optimizer and schedule in a ten-line
+LightningModule and a Trainer with no callbacks, logger or checkpoints (what any Lightning
+framework pays before its own features; Lightning's own parity test is of this kind).
+    .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--floor] [--root DIR] [--json FILE] [override ...]
 """
 
 from __future__ import annotations
@@ -62,6 +65,50 @@ def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
     with timed_fits() as fits:
         metrics = train(compose([*overrides, "test=false"], run_dir))
     return fits[0][0], float(metrics["train/loss"])
+
+
+def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
+    """The plain loop's work as a bare LightningModule in a Trainer with no callbacks, logger or
+    checkpoints, on lab's datamodule (its batch transform runs in the same hook as in lab)."""
+    import lightning as L
+    import torch
+
+    from lab.build import build_parts
+    from lab.profiler import NoProfiler
+    from lab.tasks.schedulers import warmup_cosine
+
+    cfg = compose([*overrides, "test=false"], run_dir)
+    parts = build_parts(cfg)
+    steps = cfg.trainer.limit_train_batches
+
+    class Bare(L.LightningModule):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model.to(memory_format=torch.channels_last)
+            self.loss_fn = torch.nn.CrossEntropyLoss()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return self.loss_fn(self.model(x.contiguous(memory_format=torch.channels_last)), y)
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            return self.loss_fn(self.model(x.contiguous(memory_format=torch.channels_last)), y)
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
+                                          weight_decay=cfg.optimizer.weight_decay)
+            schedule = warmup_cosine(optimizer, max_epochs=int(cfg.trainer.max_epochs),
+                                     warmup_epochs=cfg.scheduler.warmup_epochs,
+                                     warmup_start_factor=cfg.scheduler.warmup_start_factor,
+                                     min_lr_ratio=cfg.scheduler.min_lr_ratio,
+                                     steps_per_epoch=int(self.trainer.estimated_stepping_batches / self.trainer.max_epochs))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=steps, accelerator="cpu", logger=False,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+              num_sanity_val_steps=0, profiler=NoProfiler(), default_root_dir=run_dir).fit(
+        Bare(parts.model), datamodule=parts.datamodule)
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
@@ -138,7 +185,8 @@ def run_plain(overrides: list[str], steps: int | None = None) -> tuple[float, fl
     return result["seconds"], result["train_loss"], result["val_top1"]
 
 
-def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chunk: int) -> tuple[dict, dict]:
+def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chunk: int,
+                    bare: bool = False) -> tuple[dict, dict]:
     """(lab's seconds, plain's seconds) with the two taking turns every `chunk` train steps; each
     a dict of "total", "train" (the train batches), "val" (validation) and "other" (the rest:
     set-up, epoch ends, checkpoints, logging).
@@ -147,7 +195,8 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     loop's next `chunk` steps from its own batch-end hook and stops its clock while they run.
     A slow minute of the machine then slows both sides alike, where back-to-back runs of a
     minute each differ by up to 10% on this VM; one thread means one OpenMP thread team and no
-    second Python thread contending for the interpreter."""
+    second Python thread contending for the interpreter. `bare`: Lightning alone (run_bare_lightning)
+    takes lab's place."""
     import lightning as L
 
     from lab.run import train
@@ -195,7 +244,10 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     with as_plain_script():
         next(plain)  # the plain side builds its model and data, then runs its first chunk
     with timed_fits(HandOver(), clocks=(lab_clock,)) as fits:
-        train(compose([*overrides, "test=false"], run_dir))
+        if bare:
+            run_bare_lightning(overrides, run_dir)
+        else:
+            train(compose([*overrides, "test=false"], run_dir))
     with as_plain_script():
         for _ in plain:  # lab finished first: the rest of the plain loop
             pass
@@ -206,6 +258,14 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     plain_times["other"] = 0.0
     lab["chunks"] = plain_times["chunks"] = chunks
     return lab, plain_times
+
+
+def parts_line(side: dict, plain: dict) -> str:
+    """train / val / other seconds of both sides and the spread of the per-turn ratios."""
+    turns = sorted(a / b for a, b in side["chunks"])
+    return ("        " + "   ".join(f"{part} {side[part]:.2f} s vs {plain[part]:.2f} s" for part in ("train", "val", "other"))
+            + f"   turns: median ratio {statistics.median(turns):.3f} "
+              f"(quartiles {turns[len(turns) // 4]:.3f}-{turns[3 * len(turns) // 4]:.3f}, {len(turns)} turns)")
 
 
 def run_control(overrides: list[str], steps: int | None, chunk: int) -> tuple[float, float]:
@@ -234,6 +294,9 @@ def main() -> None:
                              "0: whole runs back to back, alternating which goes first")
     parser.add_argument("--control", action="store_true",
                         help="also time the plain loop against itself the same way (the method's noise floor)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a bare LightningModule in a bare Trainer against the plain loop the same way "
+                             "(Lightning's own cost, before anything lab adds)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if not (Path(args.root) / "train-images-idx3-ubyte.gz").exists():
@@ -248,7 +311,7 @@ def main() -> None:
                  f"trainer.max_epochs={args.epochs}", *args.overrides]
     if args.steps:
         overrides.append(f"trainer.limit_train_batches={args.steps}")
-    pairs, lines = [], []
+    pairs, floors, lines = [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         for rep in range(args.repeats):
             if args.interleave:
@@ -257,11 +320,14 @@ def main() -> None:
                 lines.append(f"pair {rep + 1}: lab fit {lab_t['total']:.2f} s   plain {plain_t['total']:.2f} s   "
                              f"ratio {lab_t['total'] / plain_t['total']:.3f}   "
                              f"(taking turns every {args.interleave} steps)")
-                turns = sorted(a / b for a, b in lab_t["chunks"])
-                lines.append("        " + "   ".join(
-                    f"{part} {lab_t[part]:.2f} s vs {plain_t[part]:.2f} s" for part in ("train", "val", "other"))
-                    + f"   turns: median ratio {statistics.median(turns):.3f} "
-                      f"(quartiles {turns[len(turns) // 4]:.3f}-{turns[3 * len(turns) // 4]:.3f}, {len(turns)} turns)")
+                lines.append(parts_line(lab_t, plain_t))
+                if args.floor:
+                    bare_t, plain_b = run_interleaved(overrides, Path(tmp) / f"bare{rep}", args.steps, args.interleave,
+                                                      bare=True)
+                    floors.append((bare_t["total"], plain_b["total"]))
+                    lines.append(f"floor {rep + 1}: Lightning alone fit {bare_t['total']:.2f} s   plain "
+                                 f"{plain_b['total']:.2f} s   ratio {bare_t['total'] / plain_b['total']:.3f}")
+                    lines.append(parts_line(bare_t, plain_b))
                 continue
             if rep % 2:
                 lab_s, lab_loss = run_lab(overrides, Path(tmp) / f"lab{rep}")
@@ -285,10 +351,14 @@ def main() -> None:
     print(f"\nFashion-MNIST, cnn_fashionmnist, {args.epochs} epoch(s) per run, {args.repeats} pairs; {machine}")
     print(f"lab   per epoch: {lab_epoch:.2f} s (median)\nplain per epoch: {plain_epoch:.2f} s (median)")
     print(f"lab / plain: {ratio:.3f}  (median of the pairs' ratios; target <= 1.03)")
+    floor = statistics.median(a / b for a, b in floors) if floors else None
+    if floor is not None:
+        print(f"Lightning alone / plain: {floor:.3f}  (median; the part of lab / plain that any Lightning loop pays)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "lab_s_per_epoch": lab_epoch, "plain_s_per_epoch": plain_epoch, "ratio": ratio,
-            "pairs": pairs, "epochs": args.epochs, "machine": machine}, indent=2))
+            "pairs": pairs, "floor_pairs": floors, "floor_ratio": floor, "epochs": args.epochs, "machine": machine},
+            indent=2))
 
 
 if __name__ == "__main__":

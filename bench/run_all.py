@@ -36,9 +36,9 @@ def _cpu_name() -> str:
 # name, what it measures, arguments (full, quick), the line patterns that carry its figures, target
 BENCHES = [
     ("epoch_parity", "Epoch parity: Fashion-MNIST, cnn_fashionmnist, lab vs a hand-written loop",
-     (["--epochs", "1", "--repeats", "3", "--control"], ["--epochs", "1", "--repeats", "1"]),
+     (["--epochs", "1", "--repeats", "3", "--control", "--floor"], ["--epochs", "1", "--repeats", "1"]),
      [r"^Fashion-MNIST, cnn.*", r"^lab +per epoch.*", r"^plain per epoch.*", r"^lab / plain:.*", r"^pair \d+:.*",
-      r"^train .* turns:.*", r"^control:.*"],
+      r"^train .* turns:.*", r"^control:.*", r"^floor \d+:.*", r"^Lightning alone / plain:.*"],
      "lab / plain <= 1.03"),
     ("sweep_overhead", "Sweep overhead: 8-job multirun of 1-epoch digits runs",
      (["--jobs", "8", "--repeats", "3"], ["--jobs", "8", "--repeats", "1"]),
