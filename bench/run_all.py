@@ -119,11 +119,13 @@ def write_doc(sections, machine: str, date: str, load: float, quick: bool) -> No
              "same run and prints the ratio. Do not edit above the notes marker; rerun `make bench`.\n",
              f"- Date: {date}" + (" (quick mode: fewer repeats)" if quick else ""),
              f"- Machine: {machine}", f"- Load average when started: {load:.2f}\n"]
-    done = {name for name, *_ in sections}
-    for name, title, command, target, lines in sections:
-        parts += [f"## {title}\n", f"`bench/{name}.py` — target: {target}\n", "```", f"$ {command}", *lines, "```\n"]
-    for name, *_ in BENCHES:  # a benchmark left out with --only keeps its previous section
-        if name not in done and name in kept:
+    fresh = {name: rest for name, *rest in sections}
+    for name, *_ in BENCHES:  # in the suite's order; one left out with --only keeps its previous section
+        if name in fresh:
+            title, command, target, lines = fresh[name]
+            parts += [f"## {title}\n", f"`bench/{name}.py` — target: {target}\n", "```", f"$ {command}", *lines,
+                      "```\n"]
+        elif name in kept:
             parts.append(kept[name])
     text = "\n".join(parts).rstrip() + "\n\n" + marker + (notes if notes else "\n")
     tmp = tempfile.NamedTemporaryFile("w", dir=DOC.parent, delete=False, suffix=".tmp")
