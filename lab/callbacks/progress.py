@@ -4,14 +4,11 @@ Lightning's RichProgressBar renders the whole bar twice after every training bat
 every progress-bar metric with `.item()`; at 15-60 ms per batch on 2 CPU cores that is a
 per-cent or two of the epoch, and on a GPU each read is a host sync. This bar redraws at most
 `redraws_per_second` times (and after the last batch of an epoch), and shows the running mean
-of this epoch's train loss read from the task's device-side sums only when it redraws. rich's
-refresh thread, which Lightning wakes 100 times a second to look for a pending redraw, wakes
-as often as the bar can redraw.
+of this epoch's train loss read from the task's device-side sums only when it redraws.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -21,10 +18,9 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 class ProgressBar(RichProgressBar):
     def __init__(self, redraws_per_second: float = 4.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if redraws_per_second <= 0:
             raise ValueError(f"callbacks.progress_bar.redraws_per_second must be > 0, got {redraws_per_second}")
-        kwargs.setdefault("refresh_rate", max(1, math.ceil(redraws_per_second)))
-        super().__init__(**kwargs)
         self.interval = 1.0 / float(redraws_per_second)
         self._last_redraw = float("-inf")
 
