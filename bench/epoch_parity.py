@@ -22,7 +22,8 @@ per-pair ratios (the figure, target <= 1.03). `--floor` also times Lightning alo
 plain loop the same way: the same model, data, optimizer and schedule in a ten-line
 LightningModule and a Trainer with no callbacks, logger or checkpoints (what any Lightning
 framework pays before its own features; Lightning's own parity test is of this kind).
-    .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--floor] [--root DIR] [--json FILE] [override ...]
+    .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--floor] [--root DIR] [--json FILE]
+        [override ...]
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
     return fits[0][0], float(metrics["train/loss"])
 
 
+def adamw_warmup_cosine(cfg, params, steps_per_epoch: int):
+    """The optimizer and per-step schedule of `experiment=cnn_fashionmnist`, written out as a plain
+    script would (the references' copy of what lab builds from cfg.optimizer and cfg.scheduler)."""
+    import torch
+
+    from lab.tasks.schedulers import warmup_cosine
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
+                                  betas=tuple(cfg.optimizer.betas))
+    scheduler = warmup_cosine(optimizer, max_epochs=int(cfg.trainer.max_epochs),
+                              warmup_epochs=cfg.scheduler.warmup_epochs,
+                              warmup_start_factor=cfg.scheduler.warmup_start_factor,
+                              min_lr_ratio=cfg.scheduler.min_lr_ratio, steps_per_epoch=steps_per_epoch)
+    return optimizer, scheduler
+
+
 def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
     """The plain loop's work as a bare LightningModule in a Trainer with no callbacks, logger or
     checkpoints, on lab's datamodule (its batch transform runs in the same hook as in lab)."""
@@ -75,11 +92,9 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
 
     from lab.build import build_parts
     from lab.profiler import NoProfiler
-    from lab.tasks.schedulers import warmup_cosine
 
     cfg = compose([*overrides, "test=false"], run_dir)
     parts = build_parts(cfg)
-    steps = cfg.trainer.limit_train_batches
 
     class Bare(L.LightningModule):
         def __init__(self, model: torch.nn.Module) -> None:
@@ -91,24 +106,17 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
             x, y = batch
             return self.loss_fn(self.model(x.contiguous(memory_format=torch.channels_last)), y)
 
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            return self.loss_fn(self.model(x.contiguous(memory_format=torch.channels_last)), y)
+        validation_step = training_step
 
         def configure_optimizers(self):
-            optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
-                                          weight_decay=cfg.optimizer.weight_decay)
-            schedule = warmup_cosine(optimizer, max_epochs=int(cfg.trainer.max_epochs),
-                                     warmup_epochs=cfg.scheduler.warmup_epochs,
-                                     warmup_start_factor=cfg.scheduler.warmup_start_factor,
-                                     min_lr_ratio=cfg.scheduler.min_lr_ratio,
-                                     steps_per_epoch=int(self.trainer.estimated_stepping_batches / self.trainer.max_epochs))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+            steps = int(self.trainer.estimated_stepping_batches / self.trainer.max_epochs)
+            optimizer, scheduler = adamw_warmup_cosine(cfg, self.parameters(), steps_per_epoch=steps)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=steps, accelerator="cpu", logger=False,
-              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-              num_sanity_val_steps=0, profiler=NoProfiler(), default_root_dir=run_dir).fit(
-        Bare(parts.model), datamodule=parts.datamodule)
+    L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=cfg.trainer.limit_train_batches,
+              accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0, profiler=NoProfiler(),
+              default_root_dir=run_dir).fit(Bare(parts.model), datamodule=parts.datamodule)
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
@@ -119,7 +127,6 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
     from hydra.utils import instantiate
 
     from lab.build import instantiate_node
-    from lab.tasks.schedulers import warmup_cosine
 
     result = {} if result is None else result
     cfg = compose(overrides)
@@ -128,14 +135,10 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
     data.setup("fit")
     model = instantiate_node(cfg.model, **data.model_inputs())
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay,
-                                  betas=tuple(cfg.optimizer.betas))
     epochs = int(cfg.trainer.max_epochs)
     train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-    scheduler = warmup_cosine(optimizer, max_epochs=epochs, warmup_epochs=cfg.scheduler.warmup_epochs,
-                              warmup_start_factor=cfg.scheduler.warmup_start_factor,
-                              min_lr_ratio=cfg.scheduler.min_lr_ratio,
-                              steps_per_epoch=min(len(train_loader), steps or len(train_loader)))
+    optimizer, scheduler = adamw_warmup_cosine(cfg, model.parameters(),
+                                               steps_per_epoch=min(len(train_loader), steps or len(train_loader)))
     augment, plain = data.batch_transform(True), data.batch_transform(False)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -263,8 +266,8 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
 def parts_line(side: dict, plain: dict) -> str:
     """train / val / other seconds of both sides and the spread of the per-turn ratios."""
     turns = sorted(a / b for a, b in side["chunks"])
-    return ("        " + "   ".join(f"{part} {side[part]:.2f} s vs {plain[part]:.2f} s" for part in ("train", "val", "other"))
-            + f"   turns: median ratio {statistics.median(turns):.3f} "
+    parts = "   ".join(f"{part} {side[part]:.2f} s vs {plain[part]:.2f} s" for part in ("train", "val", "other"))
+    return (f"        {parts}   turns: median ratio {statistics.median(turns):.3f} "
               f"(quartiles {turns[len(turns) // 4]:.3f}-{turns[3 * len(turns) // 4]:.3f}, {len(turns)} turns)")
 
 

@@ -21,13 +21,13 @@ functions do not have the shape checked here, nothing is replaced.
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import logging
 import weakref
 from typing import Any
 
 _installed = False
-_originals: dict[str, Any] = {}
 
 # Lightning's loops that check a step method's signature once per batch.
 _SIGNATURE_USERS = ("training_epoch_loop", "evaluation_loop", "prediction_loop", "utilities")
@@ -47,23 +47,11 @@ def does_nothing(fn: Any) -> bool:
     return ops in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
-class _EmptyHooks:
-    """hook name -> the base class's function when it does nothing, else None (cached)."""
-
-    def __init__(self, base: type) -> None:
-        self.base = base
-        self._cache: dict[str, Any] = {}
-
-    def __getitem__(self, hook_name: str) -> Any:
-        try:
-            return self._cache[hook_name]
-        except KeyError:
-            fn = self.base.__dict__.get(hook_name)
-            if fn is None:  # defined further up (ModelHooks, DataHooks, ...)
-                fn = getattr(self.base, hook_name, None)
-            empty = fn if does_nothing(fn) else None
-            self._cache[hook_name] = empty
-            return empty
+@functools.cache
+def _empty_base_hook(base: type, hook_name: str) -> Any:
+    """The base class's function for `hook_name` when it does nothing, else None."""
+    fn = getattr(base, hook_name, None)
+    return fn if does_nothing(fn) else None
 
 
 def _shapes_match(call_module: Any) -> bool:
@@ -75,14 +63,15 @@ def _shapes_match(call_module: Any) -> bool:
 
 
 def install() -> bool:
-    """Replace the dispatch functions (once per process); False when this Lightning is not the expected shape."""
+    """Replace the dispatch functions (once per process, for good: trainers with a real profiler
+    still get Lightning's own); False when this Lightning is not the expected shape."""
     global _installed
     if _installed:
         return True
     import importlib
 
     from lightning.pytorch import LightningModule
-    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping
     from lightning.pytorch.trainer import call
 
     from lab.profiler import NoProfiler
@@ -94,8 +83,7 @@ def install() -> bool:
     lightning_callback_hooks = call._call_callback_hooks
     lightning_module_hook = call._call_lightning_module_hook
     log = call.log
-    empty_callback = _EmptyHooks(Callback)
-    empty_module = _EmptyHooks(LightningModule)
+    monitoring = (EarlyStopping, Checkpoint)  # Lightning's "monitoring callbacks"
 
     def _call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         if type(trainer.profiler) is not NoProfiler:
@@ -109,11 +97,8 @@ def install() -> bool:
             pl_module._current_fx_name = hook_name
         callbacks = trainer.callbacks
         if monitoring_callbacks is not None:
-            from lightning.pytorch.callbacks import Checkpoint, EarlyStopping
-
-            monitoring = (EarlyStopping, Checkpoint)
             callbacks = [cb for cb in callbacks if isinstance(cb, monitoring) == bool(monitoring_callbacks)]
-        empty = empty_callback[hook_name]
+        empty = _empty_base_hook(Callback, hook_name)
         for callback in callbacks:
             fn = getattr(callback, hook_name)
             if callable(fn) and (empty is None or getattr(fn, "__func__", None) is not empty):
@@ -124,15 +109,13 @@ def install() -> bool:
     def _call_lightning_module_hook(trainer, hook_name, *args, pl_module=None, **kwargs):
         if type(trainer.profiler) is not NoProfiler:
             return lightning_module_hook(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
-        empty = empty_module[hook_name]
+        empty = _empty_base_hook(LightningModule, hook_name)
         if empty is not None:
             module = pl_module or trainer.lightning_module
             if module is not None and getattr(getattr(module, hook_name, None), "__func__", None) is empty:
                 return None
         return lightning_module_hook(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
 
-    _originals.update(_call_callback_hooks=lightning_callback_hooks,
-                      _call_lightning_module_hook=lightning_module_hook)
     call._call_callback_hooks = _call_callback_hooks
     call._call_lightning_module_hook = _call_lightning_module_hook
 
@@ -140,7 +123,6 @@ def install() -> bool:
         module = importlib.import_module(f"lightning.pytorch.loops.{name}")
         check = getattr(module, "is_param_in_hook_signature", None)
         if check is not None:
-            _originals[f"{name}.is_param_in_hook_signature"] = check
             module.is_param_in_hook_signature = _remembered(check)
     _installed = True
     return True
@@ -166,21 +148,3 @@ def _remembered(check: Any) -> Any:
 
     return is_param_in_hook_signature
 
-
-def uninstall() -> None:
-    """Put Lightning's own functions back (tests)."""
-    global _installed
-    if not _installed:
-        return
-    import importlib
-
-    from lightning.pytorch.trainer import call
-
-    call._call_callback_hooks = _originals.pop("_call_callback_hooks")
-    call._call_lightning_module_hook = _originals.pop("_call_lightning_module_hook")
-    for name in _SIGNATURE_USERS:
-        key = f"{name}.is_param_in_hook_signature"
-        if key in _originals:
-            importlib.import_module(f"lightning.pytorch.loops.{name}").is_param_in_hook_signature = \
-                _originals.pop(key)
-    _installed = False

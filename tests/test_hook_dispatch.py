@@ -3,6 +3,7 @@ in Lightning's order, with Lightning's arguments; a real profiler still sees eve
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import lightning as L
@@ -121,8 +122,8 @@ def test_the_step_signature_is_read_once_per_function(monkeypatch):
 
     check = training_epoch_loop.is_param_in_hook_signature
     reads = []
-    monkeypatch.setattr("inspect.getfullargspec", lambda fn, real=__import__("inspect").getfullargspec:
-                        reads.append(fn) or real(fn))
+    real = inspect.getfullargspec
+    monkeypatch.setattr("inspect.getfullargspec", lambda fn: reads.append(fn) or real(fn))
 
     class Module(Tiny):
         def training_step(self, batch, batch_idx):
