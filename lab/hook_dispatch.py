@@ -11,6 +11,13 @@ of a 25-40 ms Fashion-MNIST step, half of what lab added over a hand-written loo
 versions that skip a hook whose function is the base class's empty one (an empty hook returns
 None, as the skip does), and remembers the signature check per function. Every hook with a
 body still runs, in the same order, with the same arguments and the same `_current_fx_name`.
+The module, datamodule and strategy hooks that do run are called without the profiler label
+(an f-string per call) and the debug-log line unless debug logging is on. Two more answers
+that cannot change during a fit are not recomputed every batch: which of module and datamodule
+owns each batch-transfer hook (eight `is_overridden` calls a step), and that gradient clipping
+does nothing when `trainer.gradient_clip_val` is unset and neither `configure_gradient_clipping`
+nor `clip_gradients` is overridden (Lightning's default then only checks the algorithm's name
+against its enum, and returns).
 
 Only trainers built with lab's `NoProfiler` (lab's default) take the short path: with a real
 profiler (trainer.profiler=simple|advanced|pytorch), or for a Trainer built outside lab,
@@ -35,6 +42,8 @@ _SIGNATURE_USERS = ("training_epoch_loop", "evaluation_loop", "prediction_loop",
 _EXPECTED = {
     "_call_callback_hooks": ["trainer", "hook_name", "args", "monitoring_callbacks", "kwargs"],
     "_call_lightning_module_hook": ["trainer", "hook_name", "args", "pl_module", "kwargs"],
+    "_call_lightning_datamodule_hook": ["trainer", "hook_name", "args", "kwargs"],
+    "_call_strategy_hook": ["trainer", "hook_name", "args", "kwargs"],
 }
 
 
@@ -82,8 +91,11 @@ def install() -> bool:
 
     lightning_callback_hooks = call._call_callback_hooks
     lightning_module_hook = call._call_lightning_module_hook
+    lightning_datamodule_hook = call._call_lightning_datamodule_hook
+    lightning_strategy_hook = call._call_strategy_hook
     log = call.log
     monitoring = (EarlyStopping, Checkpoint)  # Lightning's "monitoring callbacks"
+    base_clipping = (LightningModule.configure_gradient_clipping, LightningModule.clip_gradients)
 
     def _call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         if type(trainer.profiler) is not NoProfiler:
@@ -107,17 +119,56 @@ def install() -> bool:
             pl_module._current_fx_name = prev_fx_name
 
     def _call_lightning_module_hook(trainer, hook_name, *args, pl_module=None, **kwargs):
-        if type(trainer.profiler) is not NoProfiler:
+        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
             return lightning_module_hook(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
+        module = pl_module or trainer.lightning_module
+        if module is None:
+            raise TypeError("No `LightningModule` is available to call hooks on.")
+        fn = getattr(module, hook_name)
         empty = _empty_base_hook(LightningModule, hook_name)
-        if empty is not None:
-            module = pl_module or trainer.lightning_module
-            if module is not None and getattr(getattr(module, hook_name, None), "__func__", None) is empty:
-                return None
-        return lightning_module_hook(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
+        if empty is not None and getattr(fn, "__func__", None) is empty:
+            return None
+        if hook_name == "configure_gradient_clipping" and _clipping_does_nothing(trainer, module, kwargs):
+            return None
+        if not callable(fn):
+            return None
+        prev_fx_name = module._current_fx_name
+        module._current_fx_name = hook_name
+        output = fn(*args, **kwargs)
+        module._current_fx_name = prev_fx_name
+        return output
+
+    def _clipping_does_nothing(trainer, module, kwargs) -> bool:
+        """Lightning's default clipping with no clip value: it checks the algorithm's name and returns."""
+        return (not kwargs.get("gradient_clip_val") and not trainer.gradient_clip_val and module.fabric is None
+                and (type(module).configure_gradient_clipping, type(module).clip_gradients) == base_clipping)
+
+    def _call_lightning_datamodule_hook(trainer, hook_name, *args, **kwargs):
+        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
+            return lightning_datamodule_hook(trainer, hook_name, *args, **kwargs)
+        if trainer.datamodule is None:
+            raise TypeError("No `LightningDataModule` is available to call hooks on.")
+        fn = getattr(trainer.datamodule, hook_name)
+        return fn(*args, **kwargs) if callable(fn) else None
+
+    def _call_strategy_hook(trainer, hook_name, *args, **kwargs):
+        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
+            return lightning_strategy_hook(trainer, hook_name, *args, **kwargs)
+        pl_module = trainer.lightning_module
+        prev_fx_name = pl_module._current_fx_name
+        pl_module._current_fx_name = hook_name
+        fn = getattr(trainer.strategy, hook_name)
+        if not callable(fn):
+            return None
+        output = fn(*args, **kwargs)
+        pl_module._current_fx_name = prev_fx_name
+        return output
 
     call._call_callback_hooks = _call_callback_hooks
     call._call_lightning_module_hook = _call_lightning_module_hook
+    call._call_lightning_datamodule_hook = _call_lightning_datamodule_hook
+    call._call_strategy_hook = _call_strategy_hook
+    _remember_batch_hook_owners()
 
     for name in _SIGNATURE_USERS:
         module = importlib.import_module(f"lightning.pytorch.loops.{name}")
@@ -126,6 +177,32 @@ def install() -> bool:
             module.is_param_in_hook_signature = _remembered(check)
     _installed = True
     return True
+
+
+def _remember_batch_hook_owners() -> None:
+    """`_DataHookSelector.get_instance` (module or datamodule: whose batch-transfer hook runs)
+    answered once per selector and hook; Lightning makes a new selector for every fit."""
+    try:
+        from lightning.pytorch.trainer.connectors.data_connector import _DataHookSelector
+    except ImportError:  # another Lightning: its own selector stays
+        return
+    from lab.profiler import NoProfiler
+
+    lightning_get_instance = getattr(_DataHookSelector, "get_instance", None)
+    if lightning_get_instance is None or hasattr(_DataHookSelector, "__slots__"):
+        return
+
+    def get_instance(self, hook_name):
+        trainer = getattr(self.model, "_trainer", None)
+        if trainer is None or type(trainer.profiler) is not NoProfiler:
+            return lightning_get_instance(self, hook_name)
+        owners = self.__dict__.setdefault("_lab_owners", {})
+        owner = owners.get(hook_name)
+        if owner is None:
+            owner = owners[hook_name] = lightning_get_instance(self, hook_name)
+        return owner
+
+    _DataHookSelector.get_instance = get_instance
 
 
 def _remembered(check: Any) -> Any:

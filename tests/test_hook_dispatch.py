@@ -156,3 +156,68 @@ def test_lightning_still_has_the_functions_replaced(name):
     from lightning.pytorch.trainer import call
 
     assert hook_dispatch._shapes_match(call), f"lightning.pytorch.trainer.call.{name} changed shape"
+
+
+def _trained_weights(tmp_path, profiler, module_class=Tiny, datamodule=None, **trainer_args) -> torch.Tensor:
+    hook_dispatch.install()
+    torch.manual_seed(0)
+    module = module_class([])
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", profiler=profiler, default_root_dir=tmp_path,
+                        **trainer_args)
+    if datamodule is None:
+        data = torch.utils.data.TensorDataset(10 * torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    else:
+        trainer.fit(module, datamodule=datamodule)
+    return module.layer.weight.detach().clone()
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_still_clips(tmp_path, algorithm):
+    clipped = _trained_weights(tmp_path, NoProfiler(), gradient_clip_val=0.01, gradient_clip_algorithm=algorithm)
+    as_lightning = _trained_weights(tmp_path, PassThroughProfiler(), gradient_clip_val=0.01,
+                                    gradient_clip_algorithm=algorithm)
+    unclipped = _trained_weights(tmp_path, NoProfiler())
+    assert torch.equal(clipped, as_lightning)
+    assert not torch.allclose(clipped, unclipped)
+
+
+def test_default_clipping_is_not_entered_and_an_override_is(tmp_path):
+    base = L.LightningModule.clip_gradients.__code__
+    assert count_calls(base, lambda: _trained_weights(tmp_path, NoProfiler())) == 0
+    assert count_calls(base, lambda: _trained_weights(tmp_path, PassThroughProfiler())) == BATCHES
+
+    calls = []
+
+    class OwnClipping(Tiny):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            calls.append(self._current_fx_name)
+            self.clip_gradients(optimizer, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+
+    own = _trained_weights(tmp_path, NoProfiler(), module_class=OwnClipping)
+    assert calls == ["configure_gradient_clipping"] * BATCHES
+    assert torch.equal(own, _trained_weights(tmp_path, NoProfiler(), gradient_clip_val=0.01,
+                                             gradient_clip_algorithm="value"))
+
+
+def test_a_datamodules_batch_hook_runs_every_batch(tmp_path):
+    class Data(L.LightningDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = []
+
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
+            return torch.utils.data.DataLoader(data, batch_size=4)
+
+        def on_after_batch_transfer(self, batch, dataloader_idx):
+            self.seen.append(dataloader_idx)
+            x, y = batch
+            return 0 * x, y  # the module then learns from zeros: only the bias moves
+
+    data = Data()
+    weights = _trained_weights(tmp_path, NoProfiler(), datamodule=data)
+    assert data.seen == [0] * BATCHES
+    torch.manual_seed(0)
+    assert torch.equal(weights, Tiny([]).layer.weight)
