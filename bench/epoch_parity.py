@@ -20,8 +20,10 @@ back to back instead. `--control` times the plain loop against itself the same w
 noise floor of the method). Printed: each pair's times and ratio and the median of the
 per-pair ratios (the figure, target <= 1.03). `--floor` also times Lightning alone against the
 plain loop the same way: the same model, data, optimizer and schedule in a ten-line
-LightningModule and a Trainer with no callbacks, logger or checkpoints (what any Lightning
-framework pays before its own features; Lightning's own parity test is of this kind).
+LightningModule and a Trainer with no callbacks, logger or checkpoints, dispatching hooks
+Lightning's own way (its default profiler, so lab's dispatch shortcuts stay out; only the
+process-wide signature cache of lab.hook_dispatch, about 25 us a step, still applies): what
+any Lightning framework pays before its own features. Lightning's own parity test is of this kind.
     .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--floor] [--root DIR] [--json FILE]
         [override ...]
 """
@@ -86,12 +88,12 @@ def adamw_warmup_cosine(cfg, params, steps_per_epoch: int):
 
 def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
     """The plain loop's work as a bare LightningModule in a Trainer with no callbacks, logger or
-    checkpoints, on lab's datamodule (its batch transform runs in the same hook as in lab)."""
+    checkpoints and Lightning's default (pass-through) profiler, on lab's datamodule (its batch
+    transform runs in the same hook as in lab)."""
     import lightning as L
     import torch
 
     from lab.build import build_parts
-    from lab.profiler import NoProfiler
 
     cfg = compose([*overrides, "test=false"], run_dir)
     parts = build_parts(cfg)
@@ -113,10 +115,19 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
             optimizer, scheduler = adamw_warmup_cosine(cfg, self.parameters(), steps_per_epoch=steps)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=cfg.trainer.limit_train_batches,
-              accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False, num_sanity_val_steps=0, profiler=NoProfiler(),
-              default_root_dir=run_dir).fit(Bare(parts.model), datamodule=parts.datamodule)
+    trainer = L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=cfg.trainer.limit_train_batches,
+                        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir)
+    # As after `import lightning` (lab's build_trainer drops it on a machine without a GPU).
+    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        trainer.fit(Bare(parts.model), datamodule=parts.datamodule)
+    finally:
+        if saved is None:
+            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
