@@ -29,7 +29,7 @@ test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
 # Every bench/ script (lab vs a plain reference, same run); rewrites docs/benchmarks.md.
-# Run on an idle machine: about 20 minutes on 2 cores. BENCH_ARGS="--quick" for a rough look.
+# Run on an idle machine: 8-20 minutes on 2 cores. BENCH_ARGS="--quick" for a rough look.
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
