@@ -49,16 +49,26 @@ from common import FASHION, compose, timed_fits  # noqa: E402  (bench/ is not a 
 
 
 @contextlib.contextmanager
-def as_plain_script():
-    """The environment a plain PyTorch script runs in: importing Lightning (done here, for lab)
-    sets PYTORCH_NVML_BASED_CUDA_CHECK=1, which makes every AdamW step of a CUDA build look
-    for libnvidia-ml; a script that never imports Lightning does not have it."""
-    saved = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+def nvml_cuda_check(value: str | None):
+    """PYTORCH_NVML_BASED_CUDA_CHECK set to `value` (None: unset) for the block, then as it was.
+    Importing Lightning sets it to "1", which makes every AdamW step of a CUDA build look for
+    libnvidia-ml; a script that never imports Lightning does not have it, and lab's
+    build_trainer drops it on a machine without a GPU."""
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    saved = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
+        os.environ.pop(name, None)
         if saved is not None:
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
+            os.environ[name] = saved
+
+
+def as_plain_script():
+    """The environment a plain PyTorch script runs in: no NVML-based CUDA check."""
+    return nvml_cuda_check(None)
 
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
@@ -118,16 +128,8 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
     trainer = L.Trainer(max_epochs=int(cfg.trainer.max_epochs), limit_train_batches=cfg.trainer.limit_train_batches,
                         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=run_dir)
-    # As after `import lightning` (lab's build_trainer drops it on a machine without a GPU).
-    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    try:
+    with nvml_cuda_check("1"):  # as after `import lightning`
         trainer.fit(Bare(parts.model), datamodule=parts.datamodule)
-    finally:
-        if saved is None:
-            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
-        else:
-            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = saved
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
@@ -310,7 +312,7 @@ def main() -> None:
                         help="also time the plain loop against itself the same way (the method's noise floor)")
     parser.add_argument("--floor", action="store_true",
                         help="also time a bare LightningModule in a bare Trainer against the plain loop the same way "
-                             "(Lightning's own cost, before anything lab adds)")
+                             "(Lightning's own cost, as it ships)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if not (Path(args.root) / "train-images-idx3-ubyte.gz").exists():
@@ -367,7 +369,8 @@ def main() -> None:
     print(f"lab / plain: {ratio:.3f}  (median of the pairs' ratios; target <= 1.03)")
     floor = statistics.median(a / b for a, b in floors) if floors else None
     if floor is not None:
-        print(f"Lightning alone / plain: {floor:.3f}  (median; the part of lab / plain that any Lightning loop pays)")
+        print(f"Lightning alone / plain: {floor:.3f}  (median; Lightning's loop as it ships, without lab's features "
+              "or its dispatch shortcuts)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "lab_s_per_epoch": lab_epoch, "plain_s_per_epoch": plain_epoch, "ratio": ratio,

@@ -12,16 +12,13 @@ versions that skip a hook whose function is the base class's empty one (an empty
 None, as the skip does), and remembers the signature check per function. Every hook with a
 body still runs, in the same order, with the same arguments and the same `_current_fx_name`.
 The module, datamodule and strategy hooks that do run are called without the profiler label
-(an f-string per call) and the debug-log line unless debug logging is on. Two more answers
-that cannot change during a fit are not recomputed every batch: which of module and datamodule
-owns each batch-transfer hook (eight `is_overridden` calls a step), and that gradient clipping
-does nothing when `trainer.gradient_clip_val` is unset and neither `configure_gradient_clipping`
-nor `clip_gradients` is overridden (Lightning's default then only checks the algorithm's name
-against its enum, and returns).
+(an f-string per call) and the debug-log line. Which of module and datamodule owns each
+batch-transfer hook is looked up once per fit, not with eight `is_overridden` calls a step.
 
-Only trainers built with lab's `NoProfiler` (lab's default) take the short path: with a real
-profiler (trainer.profiler=simple|advanced|pytorch), or for a Trainer built outside lab,
-Lightning's own functions run and the profile lists every hook. On a Lightning version whose
+Only trainers built with lab's `NoProfiler` (lab's default) take the short path, and only
+while debug logging is off: with a real profiler (trainer.profiler=simple|advanced|pytorch),
+with Lightning's debug log on, or for a Trainer built outside lab, Lightning's own functions
+run, and the profile or the log lists every hook. On a Lightning version whose
 functions do not have the shape checked here, nothing is replaced.
 """
 
@@ -95,14 +92,14 @@ def install() -> bool:
     lightning_strategy_hook = call._call_strategy_hook
     log = call.log
     monitoring = (EarlyStopping, Checkpoint)  # Lightning's "monitoring callbacks"
-    base_clipping = (LightningModule.configure_gradient_clipping, LightningModule.clip_gradients)
+
+    def lightnings_way(trainer) -> bool:
+        return type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG)
 
     def _call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
-        if type(trainer.profiler) is not NoProfiler:
+        if lightnings_way(trainer):
             return lightning_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=monitoring_callbacks,
                                             **kwargs)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(f"{trainer.__class__.__name__}: calling callback hook: {hook_name}")
         pl_module = trainer.lightning_module
         if pl_module:
             prev_fx_name = pl_module._current_fx_name
@@ -119,18 +116,14 @@ def install() -> bool:
             pl_module._current_fx_name = prev_fx_name
 
     def _call_lightning_module_hook(trainer, hook_name, *args, pl_module=None, **kwargs):
-        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
+        if lightnings_way(trainer):
             return lightning_module_hook(trainer, hook_name, *args, pl_module=pl_module, **kwargs)
         module = pl_module or trainer.lightning_module
         if module is None:
             raise TypeError("No `LightningModule` is available to call hooks on.")
         fn = getattr(module, hook_name)
         empty = _empty_base_hook(LightningModule, hook_name)
-        if empty is not None and getattr(fn, "__func__", None) is empty:
-            return None
-        if hook_name == "configure_gradient_clipping" and _clipping_does_nothing(trainer, module, kwargs):
-            return None
-        if not callable(fn):
+        if not callable(fn) or (empty is not None and getattr(fn, "__func__", None) is empty):
             return None
         prev_fx_name = module._current_fx_name
         module._current_fx_name = hook_name
@@ -138,13 +131,8 @@ def install() -> bool:
         module._current_fx_name = prev_fx_name
         return output
 
-    def _clipping_does_nothing(trainer, module, kwargs) -> bool:
-        """Lightning's default clipping with no clip value: it checks the algorithm's name and returns."""
-        return (not kwargs.get("gradient_clip_val") and not trainer.gradient_clip_val and module.fabric is None
-                and (type(module).configure_gradient_clipping, type(module).clip_gradients) == base_clipping)
-
     def _call_lightning_datamodule_hook(trainer, hook_name, *args, **kwargs):
-        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
+        if lightnings_way(trainer):
             return lightning_datamodule_hook(trainer, hook_name, *args, **kwargs)
         if trainer.datamodule is None:
             raise TypeError("No `LightningDataModule` is available to call hooks on.")
@@ -152,7 +140,7 @@ def install() -> bool:
         return fn(*args, **kwargs) if callable(fn) else None
 
     def _call_strategy_hook(trainer, hook_name, *args, **kwargs):
-        if type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG):
+        if lightnings_way(trainer):
             return lightning_strategy_hook(trainer, hook_name, *args, **kwargs)
         pl_module = trainer.lightning_module
         prev_fx_name = pl_module._current_fx_name

@@ -4,6 +4,7 @@ in Lightning's order, with Lightning's arguments; a real profiler still sees eve
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 
 import lightning as L
@@ -55,16 +56,24 @@ class Tiny(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path, profiler) -> list:
+def batches(scale: float = 1.0) -> torch.utils.data.DataLoader:
+    data = torch.utils.data.TensorDataset(scale * torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+def trainer(tmp_path, profiler, **kwargs) -> L.Trainer:
+    """A one-epoch CPU Trainer, with lab's dispatch installed (it applies under NoProfiler only)."""
     hook_dispatch.install()
+    defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
+    return L.Trainer(profiler=profiler, **{**defaults, **kwargs})
+
+
+def fit(tmp_path, profiler) -> list:
     seen: list = []
     torch.manual_seed(0)
-    data = torch.utils.data.TensorDataset(torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
     lam = LambdaCallback(on_before_optimizer_step=lambda tr, pl, opt: seen.append(("lambda.before_step",)))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", profiler=profiler,
-                        callbacks=[Recorder(seen), lam, Callback()], default_root_dir=tmp_path)
-    trainer.fit(Tiny(seen), torch.utils.data.DataLoader(data, batch_size=4))
+    trainer(tmp_path, profiler, callbacks=[Recorder(seen), lam, Callback()]).fit(Tiny(seen), batches())
     return seen
 
 
@@ -98,6 +107,15 @@ def test_empty_hooks_are_skipped_only_under_labs_profiler(tmp_path):
     assert count_calls(empty, lambda: fit(tmp_path / "lab", NoProfiler())) == 0
     # Lightning's own dispatch calls the base no-op for each of the three callbacks, every batch
     assert count_calls(empty, lambda: fit(tmp_path / "lightning", PassThroughProfiler())) >= 2 * BATCHES
+
+
+def test_with_lightnings_debug_log_on_every_hook_is_called_and_logged(tmp_path, caplog):
+    empty = Callback.on_before_zero_grad.__code__
+    with caplog.at_level(logging.DEBUG, logger="lightning.pytorch.trainer.call"):
+        calls = count_calls(empty, lambda: fit(tmp_path / "lab", NoProfiler()))
+    assert calls >= 2 * BATCHES
+    assert any("calling callback hook: on_before_zero_grad" in r.getMessage() for r in caplog.records)
+    assert any("calling strategy hook: training_step" in r.getMessage() for r in caplog.records)
 
 
 def test_an_empty_hook_is_told_from_one_with_a_body():
@@ -141,13 +159,9 @@ def test_the_step_signature_is_read_once_per_function(monkeypatch):
 
 
 def test_checkpoints_every_n_train_steps_are_still_written(tmp_path):
-    callback = Checkpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
-    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", profiler=NoProfiler(), callbacks=[callback], default_root_dir=tmp_path)
-    hook_dispatch.install()
-    trainer.fit(Tiny([]), torch.utils.data.DataLoader(data, batch_size=4))
-    assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == ["step=2.ckpt", "step=4.ckpt"]
+    callback = Checkpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    trainer(tmp_path, NoProfiler(), enable_checkpointing=True, callbacks=[callback]).fit(Tiny([]), batches())
+    assert sorted(p.name for p in tmp_path.glob("step=*.ckpt")) == [f"step={n}.ckpt" for n in range(1, BATCHES + 1)]
 
 
 @pytest.mark.parametrize("name", sorted(hook_dispatch._EXPECTED))
@@ -159,17 +173,13 @@ def test_lightning_still_has_the_functions_replaced(name):
 
 
 def _trained_weights(tmp_path, profiler, module_class=Tiny, datamodule=None, **trainer_args) -> torch.Tensor:
-    hook_dispatch.install()
     torch.manual_seed(0)
     module = module_class([])
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", profiler=profiler, default_root_dir=tmp_path,
-                        **trainer_args)
+    fitting = trainer(tmp_path, profiler, **trainer_args)
     if datamodule is None:
-        data = torch.utils.data.TensorDataset(10 * torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
-        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+        fitting.fit(module, batches(scale=10.0))
     else:
-        trainer.fit(module, datamodule=datamodule)
+        fitting.fit(module, datamodule=datamodule)
     return module.layer.weight.detach().clone()
 
 
@@ -183,11 +193,7 @@ def test_gradient_clipping_still_clips(tmp_path, algorithm):
     assert not torch.allclose(clipped, unclipped)
 
 
-def test_default_clipping_is_not_entered_and_an_override_is(tmp_path):
-    base = L.LightningModule.clip_gradients.__code__
-    assert count_calls(base, lambda: _trained_weights(tmp_path, NoProfiler())) == 0
-    assert count_calls(base, lambda: _trained_weights(tmp_path, PassThroughProfiler())) == BATCHES
-
+def test_a_configure_gradient_clipping_override_runs(tmp_path):
     calls = []
 
     class OwnClipping(Tiny):
@@ -208,8 +214,7 @@ def test_a_datamodules_batch_hook_runs_every_batch(tmp_path):
             self.seen = []
 
         def train_dataloader(self):
-            data = torch.utils.data.TensorDataset(torch.randn(BATCHES * 4, 4), torch.randint(0, 2, (BATCHES * 4,)))
-            return torch.utils.data.DataLoader(data, batch_size=4)
+            return batches()
 
         def on_after_batch_transfer(self, batch, dataloader_idx):
             self.seen.append(dataloader_idx)
