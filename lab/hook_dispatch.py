@@ -32,6 +32,8 @@ import weakref
 from typing import Any
 
 _installed = False
+_profiler_type: type | None = None  # lab.profiler.NoProfiler, set by install()
+_lightning_log = logging.getLogger("lightning.pytorch.trainer.call")  # Lightning's hook-call debug log
 
 # Lightning's loops that check a step method's signature once per batch.
 _SIGNATURE_USERS = ("training_epoch_loop", "evaluation_loop", "prediction_loop", "utilities")
@@ -60,6 +62,12 @@ def _empty_base_hook(base: type, hook_name: str) -> Any:
     return fn if does_nothing(fn) else None
 
 
+def lightnings_way(trainer: Any) -> bool:
+    """Whether `trainer` gets Lightning's own functions: a real profiler (or a Trainer built
+    outside lab), or Lightning's debug log on, so that the profile or the log lists every hook."""
+    return type(trainer.profiler) is not _profiler_type or _lightning_log.isEnabledFor(logging.DEBUG)
+
+
 def _shapes_match(call_module: Any) -> bool:
     for name, params in _EXPECTED.items():
         fn = getattr(call_module, name, None)
@@ -71,7 +79,7 @@ def _shapes_match(call_module: Any) -> bool:
 def install() -> bool:
     """Replace the dispatch functions (once per process, for good: trainers with a real profiler
     still get Lightning's own); False when this Lightning is not the expected shape."""
-    global _installed
+    global _installed, _profiler_type
     if _installed:
         return True
     import importlib
@@ -90,11 +98,8 @@ def install() -> bool:
     lightning_module_hook = call._call_lightning_module_hook
     lightning_datamodule_hook = call._call_lightning_datamodule_hook
     lightning_strategy_hook = call._call_strategy_hook
-    log = call.log
     monitoring = (EarlyStopping, Checkpoint)  # Lightning's "monitoring callbacks"
-
-    def lightnings_way(trainer) -> bool:
-        return type(trainer.profiler) is not NoProfiler or log.isEnabledFor(logging.DEBUG)
+    _profiler_type = NoProfiler
 
     def _call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         if lightnings_way(trainer):
