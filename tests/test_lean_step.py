@@ -133,3 +133,23 @@ def test_lightning_still_has_the_loop_the_lean_step_replaces():
 
     assert lean_step._shape_matches(_AutomaticOptimization, Closure)
     assert lean_step.install()
+
+
+@pytest.mark.parametrize(("strategy", "precision", "lean"), [
+    ("single", "32-true", True),
+    ("single", "bf16-mixed", True),
+    ("single", "16-mixed", False),  # a GradScaler scales the loss and unscales before the step
+    ("ddp", "32-true", False),  # DDP's own backward and step hooks
+])
+def test_the_lean_step_is_taken_only_where_every_layer_passes_through(strategy, precision, lean):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    plugin = Precision() if precision == "32-true" else MixedPrecision(precision, "cpu")
+    chosen = (SingleDeviceStrategy("cpu", precision_plugin=plugin) if strategy == "single"
+              else DDPStrategy(precision_plugin=plugin))
+    trainer = SimpleNamespace(strategy=chosen, lightning_module=Net(), callbacks=[Callback()],
+                              accumulate_grad_batches=1, gradient_clip_val=None)
+    assert (lean_step._lean_plan(trainer) is not None) == lean
