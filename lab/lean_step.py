@@ -13,8 +13,9 @@ training_step (through the strategy, so in the precision plugin's autocast conte
 hooks in the same order with the same arguments, the same progress counters (so global_step,
 checkpoints and resuming are unchanged), and `optimizer.step(closure)` on the torch optimizer
 itself. Any other case runs Lightning's own path: another strategy (DDP), a GradScaler
-(16-mixed), gradient clipping or accumulation, an overridden `optimizer_step` or
-`configure_gradient_clipping`, a precision plugin or strategy that changes backward or the
+(16-mixed on a GPU), gradient clipping or accumulation, an overridden `optimizer_step`,
+`configure_gradient_clipping` or `clip_gradients`, a LightningOptimizer handed back by
+`configure_optimizers`, a precision plugin or strategy that changes backward, clipping or the
 step, and every trainer that takes Lightning's way in lab.hook_dispatch (a real profiler, or
 Lightning's debug log on).
 """
@@ -34,7 +35,8 @@ _installed = False
 # Run by the step whenever a callback or the LightningModule overrides them (cheap to skip otherwise).
 _STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
 # The precision plugin's and the strategy's part in a step: each must be the base class's own.
-_PRECISION_STEP = ("pre_backward", "backward", "post_backward", "optimizer_step", "_wrap_closure", "_after_closure")
+_PRECISION_STEP = ("pre_backward", "backward", "post_backward", "optimizer_step", "_wrap_closure", "_after_closure",
+                   "_clip_gradients", "clip_gradients")
 _STRATEGY_STEP = ("backward", "pre_backward", "post_backward", "optimizer_step")
 
 
@@ -46,6 +48,7 @@ def _owner(obj: Any, name: str) -> type | None:
 def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
     """The step hooks someone overrides when the lean path does what Lightning's would; None otherwise."""
     from lightning.pytorch import Callback, LightningModule
+    from lightning.pytorch.core.optimizer import LightningOptimizer
     from lightning.pytorch.plugins.precision import MixedPrecision, Precision
     from lightning.pytorch.strategies import Strategy
 
@@ -62,6 +65,9 @@ def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
         or any(_owner(precision, name) not in passing for name in _PRECISION_STEP)
         or type(module).optimizer_step is not LightningModule.optimizer_step
         or type(module).configure_gradient_clipping is not LightningModule.configure_gradient_clipping
+        or type(module).clip_gradients is not LightningModule.clip_gradients
+        # configure_optimizers handed back a LightningOptimizer: its step is Lightning's whole path
+        or any(isinstance(optimizer, LightningOptimizer) for optimizer in trainer.optimizers)
     ):
         return None
     return tuple(
@@ -102,7 +108,7 @@ def install() -> bool:
         trainer = self.trainer
         if self._skip_backward or lightnings_way(trainer):
             return lightning_run(self, optimizer, batch_idx, kwargs)
-        key = (trainer.lightning_module, trainer.strategy, trainer.strategy.precision_plugin,
+        key = (trainer.lightning_module, trainer.strategy, trainer.strategy.precision_plugin, optimizer,
                tuple(trainer.callbacks), trainer.accumulate_grad_batches, trainer.gradient_clip_val)
         cached = self.__dict__.get("_lab_lean_plan")
         if cached is None or cached[0] != key:
@@ -113,7 +119,7 @@ def install() -> bool:
 
         module = trainer.lightning_module
         progress = self.optim_progress.optimizer
-        results: list = []
+        last: list = [None]  # the latest call's result (LBFGS calls the closure several times)
 
         def run_hook(name: str, *args: Any) -> None:
             if name in hooks:
@@ -123,8 +129,7 @@ def install() -> bool:
         def closure() -> torch.Tensor | None:
             # What Lightning's Closure and precision._wrap_closure do, minus their pass-through layers.
             with torch.enable_grad():
-                result = self._training_step(kwargs)
-                results.append(result)
+                result = last[0] = self._training_step(kwargs)
                 if result.closure_loss is None:
                     Closure.warning_cache.warn(
                         "`training_step` returned `None`. If this was on purpose, ignore this warning...")
@@ -136,20 +141,25 @@ def install() -> bool:
                 progress.zero_grad.increment_completed()
                 if result.closure_loss is not None:
                     run_hook("on_before_backward", result.closure_loss)
+                    module._current_fx_name = "backward"  # as Lightning's strategy hook names it (self.log allowed)
                     module.backward(result.closure_loss)
+                    module._current_fx_name = "optimizer_step"
                     run_hook("on_after_backward")
-                run_hook("on_before_optimizer_step", optimizer)
+            run_hook("on_before_optimizer_step", optimizer)  # after the closure's grad mode, as in Lightning
             return result.loss
 
         progress.step.increment_ready()
+        previous_fx_name = module._current_fx_name
+        module._current_fx_name = "optimizer_step"  # the hook Lightning's step runs in
         optimizer.step(closure=closure)
+        module._current_fx_name = previous_fx_name
         progress.step.increment_completed()
-        if not results:
+        result = last[0]
+        if result is None:
             from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
             raise MisconfigurationException("The closure hasn't been executed. HINT: did you call "
                                             "`optimizer_closure()` in your `optimizer_step` hook?")
-        result = results[-1]
         return {} if result.loss is None else result.asdict()
 
     _AutomaticOptimization.run = run

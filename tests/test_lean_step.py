@@ -150,6 +150,43 @@ def test_the_lean_step_is_taken_only_where_every_layer_passes_through(strategy, 
     plugin = Precision() if precision == "32-true" else MixedPrecision(precision, "cpu")
     chosen = (SingleDeviceStrategy("cpu", precision_plugin=plugin) if strategy == "single"
               else DDPStrategy(precision_plugin=plugin))
-    trainer = SimpleNamespace(strategy=chosen, lightning_module=Net(), callbacks=[Callback()],
+    trainer = SimpleNamespace(strategy=chosen, lightning_module=Net(), callbacks=[Callback()], optimizers=[],
                               accumulate_grad_batches=1, gradient_clip_val=None)
     assert (lean_step._lean_plan(trainer) is not None) == lean
+
+
+def test_an_overridden_backward_runs_under_its_hook_name_and_may_log(tmp_path):
+    names: list = []
+
+    class OwnBackward(Net):
+        def backward(self, loss, *args, **kwargs):
+            names.append(self._current_fx_name)
+            self.log("backward_loss", loss.detach(), on_step=False, on_epoch=True)  # allowed in Lightning's backward
+            loss.backward(*args, **kwargs)
+
+    lab, lab_trainer, lab_calls = train(tmp_path / "lab", NoProfiler(), OwnBackward)
+    lab_names, names[:] = list(names), []
+    ref, ref_trainer, _ = train(tmp_path / "ref", PassThroughProfiler(), OwnBackward)
+    assert lab_calls == 0 and lab_names == names == ["backward"] * 2 * BATCHES
+    assert torch.equal(lab.layer.weight, ref.layer.weight)
+    assert float(lab_trainer.callback_metrics["backward_loss"]) == float(ref_trainer.callback_metrics["backward_loss"])
+
+
+def test_a_lightning_optimizer_from_configure_optimizers_keeps_lightnings_step(tmp_path):
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    class Wrapped(Net):
+        def configure_optimizers(self):
+            return LightningOptimizer(torch.optim.SGD(self.parameters(), lr=0.1))
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.seen = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.seen.append(type(optimizer).__name__)
+
+    lab, ref = Steps(), Steps()
+    _, _, calls = train(tmp_path / "lab", NoProfiler(), Wrapped, callbacks=[lab])
+    train(tmp_path / "ref", PassThroughProfiler(), Wrapped, callbacks=[ref])
+    assert calls == 2 * BATCHES and lab.seen == ref.seen and len(lab.seen) == 2 * BATCHES
