@@ -197,13 +197,12 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
         node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
     if node.get("profiler") is None and "profiler" not in kwargs:
-        from lab.hook_dispatch import install as skip_empty_hooks
-        from lab.lean_step import install as lean_optimizer_step
+        from lab.lean_step import install as lean_dispatch_and_step
         from lab.profiler import NoProfiler
 
         kwargs["profiler"] = NoProfiler()
         node.pop("profiler", None)
-        # For trainers with this profiler only: a real one still sees every hook and layer.
-        if skip_empty_hooks():  # the lean step takes the same Lightning's-way-or-lab's gate
-            lean_optimizer_step()
+        # lab.hook_dispatch and lab.lean_step, for trainers with this profiler only: a real one
+        # still sees every hook and layer.
+        lean_dispatch_and_step()
     return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)

@@ -62,6 +62,13 @@ def _empty_base_hook(base: type, hook_name: str) -> Any:
     return fn if does_nothing(fn) else None
 
 
+def does_something(obj: Any, base: type, hook_name: str) -> bool:
+    """Whether calling obj's `hook_name` can do anything: it is not base's empty function (a
+    subclass method, a LambdaCallback's function, or a base hook with a body)."""
+    empty = _empty_base_hook(base, hook_name)
+    return empty is None or getattr(getattr(obj, hook_name, None), "__func__", None) is not empty
+
+
 def lightnings_way(trainer: Any) -> bool:
     """Whether `trainer` gets Lightning's own functions: a real profiler (or a Trainer built
     outside lab), or Lightning's debug log on, so that the profile or the log lists every hook."""
@@ -179,15 +186,13 @@ def _remember_batch_hook_owners() -> None:
         from lightning.pytorch.trainer.connectors.data_connector import _DataHookSelector
     except ImportError:  # another Lightning: its own selector stays
         return
-    from lab.profiler import NoProfiler
-
     lightning_get_instance = getattr(_DataHookSelector, "get_instance", None)
     if lightning_get_instance is None or hasattr(_DataHookSelector, "__slots__"):
         return
 
     def get_instance(self, hook_name):
         trainer = getattr(self.model, "_trainer", None)
-        if trainer is None or type(trainer.profiler) is not NoProfiler:
+        if trainer is None or lightnings_way(trainer):
             return lightning_get_instance(self, hook_name)
         owners = self.__dict__.setdefault("_lab_owners", {})
         owner = owners.get(hook_name)

@@ -17,7 +17,7 @@ itself. Any other case runs Lightning's own path: another strategy (DDP), a Grad
 `configure_gradient_clipping` or `clip_gradients`, a LightningOptimizer handed back by
 `configure_optimizers`, a precision plugin or strategy that changes backward, clipping or the
 step, and every trainer that takes Lightning's way in lab.hook_dispatch (a real profiler, or
-Lightning's debug log on).
+Lightning's debug log on). Installing it installs lab.hook_dispatch, whose gate it shares.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from lab.hook_dispatch import lightnings_way
+from lab import hook_dispatch
+from lab.hook_dispatch import does_something, lightnings_way
 
 _installed = False
 
@@ -72,13 +73,9 @@ def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
         return None
     return tuple(
         name for name in _STEP_HOOKS
-        if _overrides(module, name, LightningModule) or any(_overrides(cb, name, Callback) for cb in trainer.callbacks)
+        if does_something(module, LightningModule, name)
+        or any(does_something(cb, Callback, name) for cb in trainer.callbacks)
     )
-
-
-def _overrides(obj: Any, name: str, base: type) -> bool:
-    """Whether obj's `name` is anything but base's (a subclass method, or a LambdaCallback's function)."""
-    return getattr(getattr(obj, name, None), "__func__", None) is not getattr(base, name)
 
 
 def _shape_matches(loop: type, closure: type) -> bool:
@@ -94,6 +91,8 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
+    if not hook_dispatch.install():  # the lean step takes its Lightning's-way-or-lab's gate
+        return False
     try:
         from lightning.pytorch.loops.optimization.automatic import Closure, _AutomaticOptimization
         from lightning.pytorch.trainer import call
@@ -108,8 +107,10 @@ def install() -> bool:
         trainer = self.trainer
         if self._skip_backward or lightnings_way(trainer):
             return lightning_run(self, optimizer, batch_idx, kwargs)
-        key = (trainer.lightning_module, trainer.strategy, trainer.strategy.precision_plugin, optimizer,
-               tuple(trainer.callbacks), trainer.accumulate_grad_batches, trainer.gradient_clip_val)
+        # What can change between fits of one Trainer, or mid-fit (GradientAccumulationScheduler);
+        # the strategy and its precision plugin are the Trainer's for good.
+        key = (trainer.lightning_module, optimizer, tuple(trainer.callbacks), trainer.accumulate_grad_batches,
+               trainer.gradient_clip_val)
         cached = self.__dict__.get("_lab_lean_plan")
         if cached is None or cached[0] != key:
             cached = self._lab_lean_plan = (key, _lean_plan(trainer))

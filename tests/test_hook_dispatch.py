@@ -64,8 +64,7 @@ def batches(scale: float = 1.0) -> torch.utils.data.DataLoader:
 def trainer(tmp_path, profiler, **kwargs) -> L.Trainer:
     """A one-epoch CPU Trainer, with lab's dispatch and lean step installed, as lab.build installs
     them (they apply under NoProfiler only)."""
-    hook_dispatch.install()
-    lean_step.install()
+    lean_step.install()  # and hook_dispatch, whose gate it shares
     defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
     return L.Trainer(profiler=profiler, **{**defaults, **kwargs})
@@ -174,14 +173,20 @@ def test_lightning_still_has_the_functions_replaced(name):
     assert hook_dispatch._shapes_match(call), f"lightning.pytorch.trainer.call.{name} changed shape"
 
 
-def _trained_weights(tmp_path, profiler, module_class=Tiny, datamodule=None, **trainer_args) -> torch.Tensor:
+def trained(tmp_path, profiler, make_module, datamodule=None, scale: float = 10.0, **trainer_args):
+    """(module, trainer) after a fit from seed 0: the same weights and batches on every call."""
     torch.manual_seed(0)
-    module = module_class([])
+    module = make_module()
     fitting = trainer(tmp_path, profiler, **trainer_args)
     if datamodule is None:
-        fitting.fit(module, batches(scale=10.0))
+        fitting.fit(module, batches(scale))
     else:
         fitting.fit(module, datamodule=datamodule)
+    return module, fitting
+
+
+def _trained_weights(tmp_path, profiler, module_class=Tiny, datamodule=None, **trainer_args) -> torch.Tensor:
+    module, _ = trained(tmp_path, profiler, lambda: module_class([]), datamodule, **trainer_args)
     return module.layer.weight.detach().clone()
 
 

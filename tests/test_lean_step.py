@@ -13,7 +13,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 
 from lab import lean_step
 from lab.profiler import NoProfiler
-from tests.test_hook_dispatch import BATCHES, batches, count_calls, trainer
+from tests.test_hook_dispatch import BATCHES, count_calls, trained
 
 LIGHTNINGS_STEP = Precision.optimizer_step.__code__  # entered once a step on Lightning's path only
 
@@ -48,11 +48,10 @@ class Net(L.LightningModule):
 
 def train(tmp_path, profiler, module_class=Net, module_args=None, **trainer_args):
     """(module, trainer, calls of Lightning's precision.optimizer_step) after a 2-epoch fit."""
-    torch.manual_seed(0)
-    module = module_class(**(module_args or {}))
-    fitting = trainer(tmp_path, profiler, max_epochs=2, **trainer_args)
-    calls = count_calls(LIGHTNINGS_STEP, lambda: fitting.fit(module, batches(scale=3.0)))
-    return module, fitting, calls
+    fitted: list = []
+    calls = count_calls(LIGHTNINGS_STEP, lambda: fitted.extend(trained(
+        tmp_path, profiler, lambda: module_class(**(module_args or {})), scale=3.0, max_epochs=2, **trainer_args)))
+    return (*fitted, calls)
 
 
 def same_training(tmp_path, module_args=None, **trainer_args):
