@@ -21,7 +21,7 @@ noise floor of the method). Printed: each pair's times and ratio and the median 
 per-pair ratios (the figure, target <= 1.03). `--floor` also times Lightning alone against the
 plain loop the same way: the same model, data, optimizer and schedule in a ten-line
 LightningModule and a Trainer with no callbacks, logger or checkpoints, dispatching hooks
-Lightning's own way (its default profiler, so lab's dispatch and step shortcuts stay out; only the
+Lightning's own way (its default profiler, so lab's dispatch, step and loop shortcuts stay out; only the
 process-wide signature cache of lab.hook_dispatch, about 25 us a step, still applies): what
 any Lightning framework pays before its own features. Lightning's own parity test is of this kind.
     .venv/bin/python bench/epoch_parity.py [--epochs 1] [--repeats 2] [--floor] [--root DIR] [--json FILE]
@@ -370,7 +370,7 @@ def main() -> None:
     floor = statistics.median(a / b for a, b in floors) if floors else None
     if floor is not None:
         print(f"Lightning alone / plain: {floor:.3f}  (median; Lightning's loop as it ships, without lab's features "
-              "or its dispatch and step shortcuts)")
+              "or its dispatch, step and loop shortcuts)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "lab_s_per_epoch": lab_epoch, "plain_s_per_epoch": plain_epoch, "ratio": ratio,

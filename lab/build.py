@@ -197,12 +197,12 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
         node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
     if node.get("profiler") is None and "profiler" not in kwargs:
-        from lab.lean_step import install as lean_dispatch_and_step
+        from lab.lean_loop import install as lean_dispatch_step_and_loop
         from lab.profiler import NoProfiler
 
         kwargs["profiler"] = NoProfiler()
         node.pop("profiler", None)
-        # lab.hook_dispatch and lab.lean_step, for trainers with this profiler only: a real one
-        # still sees every hook and layer.
-        lean_dispatch_and_step()
+        # lab.hook_dispatch, lab.lean_step and lab.lean_loop, for trainers with this profiler
+        # only: a real one still sees every hook and layer.
+        lean_dispatch_step_and_loop()
     return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)

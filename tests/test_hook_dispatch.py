@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LambdaCallback
 from lightning.pytorch.profilers import PassThroughProfiler
 
-from lab import hook_dispatch, lean_step
+from lab import hook_dispatch, lean_loop
 from lab.callbacks.checkpoint import Checkpoint
 from lab.profiler import NoProfiler
 
@@ -62,9 +62,9 @@ def batches(scale: float = 1.0) -> torch.utils.data.DataLoader:
 
 
 def trainer(tmp_path, profiler, **kwargs) -> L.Trainer:
-    """A one-epoch CPU Trainer, with lab's dispatch and lean step installed, as lab.build installs
-    them (they apply under NoProfiler only)."""
-    lean_step.install()  # and hook_dispatch, whose gate it shares
+    """A one-epoch CPU Trainer, with lab's dispatch, lean step and lean loop installed, as lab.build
+    installs them (they apply under NoProfiler only)."""
+    lean_loop.install()  # and lean_step and hook_dispatch, whose gate they share
     defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                     enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
     return L.Trainer(profiler=profiler, **{**defaults, **kwargs})

@@ -1,0 +1,178 @@
+"""lab's lean training-batch loop trains, logs, validates and schedules exactly as Lightning's
+loop does (weights, optimizer and scheduler state, counters, every logged metric, hook order),
+and leaves the cases it does not cover to Lightning's own methods."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.profilers import PassThroughProfiler
+
+from lab import lean_loop
+from lab.profiler import NoProfiler
+from tests.test_hook_dispatch import BATCHES, batches, count_calls, trained, trainer
+
+
+def uneven(scale: float = 3.0) -> torch.utils.data.DataLoader:
+    """BATCHES batches of 4, 4 and 3 samples: epoch means weigh each batch by its size, which the
+    logger reads from the batch the loop hands it."""
+    samples = 4 * BATCHES - 1
+    data = torch.utils.data.TensorDataset(scale * torch.randn(samples, 4), torch.randint(0, 2, (samples,)))
+    return torch.utils.data.DataLoader(data, batch_size=4)
+
+
+class Hooks(Callback):
+    """Records the per-batch hooks around the loop, with the values they see."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(("start", trainer.current_epoch, batch_idx, trainer.global_step))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.seen.append(("end", batch_idx, round(float(loss), 6), dict(sorted(
+            (k, round(float(v), 6)) for k, v in trainer.progress_bar_metrics.items()))))
+
+    def on_validation_start(self, trainer, pl_module):
+        self.seen.append(("validate", trainer.current_epoch, trainer.global_step))
+
+
+class Logged(L.LightningModule):
+    """Logs per step (or only per epoch), validates, steps a per-step and a plateau schedule."""
+
+    def __init__(self, on_step: bool = True, skip_at: int | None = None, manual: bool = False) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2)
+        self.on_step, self.skip_at = on_step, skip_at
+        self.automatic_optimization = not manual
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self.layer(x), y)
+        if self.on_step:
+            self.log("train/step_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self.lr_schedulers()[0].step()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.cross_entropy(self.layer(x), y), prog_bar=True)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        return -1 if batch_idx == self.skip_at and self.current_epoch == 1 else None
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
+        return [optimizer], [{"scheduler": step, "interval": "step"},
+                             {"scheduler": plateau, "interval": "step", "monitor": "val/loss", "strict": False}]
+
+
+def fit(tmp_path, profiler, module_args=None, **trainer_args):
+    """(module, trainer, hook record, CSV log rows, calls of Lightning's advance) after a 2-epoch fit."""
+    lean_loop.install()
+    hooks = Hooks()
+    logger = CSVLogger(tmp_path, name="log", version=0)
+    torch.manual_seed(0)
+    module = Logged(**(module_args or {}))
+    fitting = trainer(tmp_path, profiler, max_epochs=2, callbacks=[hooks], logger=logger, log_every_n_steps=1,
+                      **trainer_args)
+    calls = count_calls(lean_loop.lightnings_methods["advance"].__code__,
+                        lambda: fitting.fit(module, uneven(), uneven()))
+    with open(logger.log_dir + "/metrics.csv") as rows:
+        logged = list(csv.DictReader(rows))
+    return module, fitting, hooks.seen, logged, calls
+
+
+def same_run(tmp_path, module_args=None, **trainer_args) -> int:
+    """Fits under lab's profiler and Lightning's; asserts the two ended identical; returns how
+    often Lightning's own advance ran under lab's."""
+    lab, lab_trainer, lab_seen, lab_log, lab_calls = fit(tmp_path / "lab", NoProfiler(), module_args, **trainer_args)
+    ref, ref_trainer, ref_seen, ref_log, ref_calls = fit(tmp_path / "ref", PassThroughProfiler(), module_args,
+                                                         **trainer_args)
+    assert torch.equal(lab.layer.weight, ref.layer.weight) and torch.equal(lab.layer.bias, ref.layer.bias)
+    torch.testing.assert_close(lab_trainer.optimizers[0].state_dict(), ref_trainer.optimizers[0].state_dict(),
+                               rtol=0, atol=0)
+    assert [c.scheduler.state_dict() for c in lab_trainer.lr_scheduler_configs] == \
+           [c.scheduler.state_dict() for c in ref_trainer.lr_scheduler_configs]
+    assert lab_trainer.fit_loop.state_dict() == ref_trainer.fit_loop.state_dict()  # checkpoints and resuming
+    assert lab_trainer.global_step == ref_trainer.global_step > 0
+    for metrics in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
+        assert {k: float(v) for k, v in getattr(lab_trainer, metrics).items()} == \
+               {k: float(v) for k, v in getattr(ref_trainer, metrics).items()}, metrics
+    assert lab_seen == ref_seen  # the same hooks, in the same order, seeing the same values
+    assert lab_log == ref_log and lab_log  # what reached the logger, step by step
+    assert ref_calls > 0
+    return lab_calls
+
+
+@pytest.mark.parametrize("on_step", [True, False], ids=["logs-per-step", "logs-per-epoch"])
+def test_the_lean_loop_trains_and_logs_exactly_as_lightning(tmp_path, on_step):
+    # validation inside the epoch (every 2 batches), a per-step and a plateau schedule
+    assert same_run(tmp_path, {"on_step": on_step}, val_check_interval=2) == 0  # the lean loop ran
+
+
+def test_accumulated_gradients_step_the_schedule_and_the_logger_as_in_lightning(tmp_path):
+    assert same_run(tmp_path, accumulate_grad_batches=2) == 0
+
+
+def test_a_batch_start_hook_returning_minus_one_ends_the_epoch_as_in_lightning(tmp_path):
+    assert same_run(tmp_path, {"skip_at": 1}) == 0
+
+
+def test_manual_optimization_runs_as_in_lightning(tmp_path):
+    assert same_run(tmp_path, {"manual": True}) == 0
+
+
+def test_lightnings_profiler_keeps_lightnings_loop(tmp_path):
+    *_, calls = fit(tmp_path, PassThroughProfiler())
+    assert calls == 2 * BATCHES
+
+
+def test_a_run_resumed_mid_epoch_ends_as_in_lightning(tmp_path):
+    """The restarting batch takes Lightning's loop, the rest lab's: the same end as Lightning's alone."""
+    every_2 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
+    trained(tmp_path / "first", NoProfiler(), Logged, scale=3.0, callbacks=[every_2], enable_checkpointing=True)
+    ends = []
+    for profiler in (NoProfiler(), PassThroughProfiler()):
+        torch.manual_seed(1)
+        module = Logged()
+        resumed = trainer(tmp_path / type(profiler).__name__, profiler, max_epochs=2)
+        resumed.fit(module, batches(3.0), ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")  # after 2 of 3 batches
+        ends.append((module.layer.weight.detach().clone(), resumed.fit_loop.state_dict(), resumed.global_step))
+    assert torch.equal(ends[0][0], ends[1][0]) and ends[0][1:] == ends[1][1:]
+    assert ends[0][2] == 2 * BATCHES
+
+
+def test_a_distributed_run_keeps_lightnings_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(lean_loop, "_distributed", lambda: True)  # as in a DDP process
+    *_, calls = fit(tmp_path / "dist", NoProfiler())
+    assert calls == 2 * BATCHES
+
+
+def test_a_lightning_loop_of_another_shape_is_left_alone():
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+
+    def copy(cls: type, **changes) -> type:
+        return type(cls.__name__, (), {**{k: v for k, v in vars(cls).items() if not k.startswith("__")}, **changes})
+
+    assert lean_loop._shape_matches(copy(_TrainingEpochLoop), copy(_LoggerConnector))
+    assert not lean_loop._shape_matches(copy(_TrainingEpochLoop, advance=lambda self, fetcher, extra: None),
+                                        copy(_LoggerConnector))
+    assert not lean_loop._shape_matches(copy(_TrainingEpochLoop),
+                                        copy(_LoggerConnector, on_batch_start=lambda self, batch: None))
