@@ -4,12 +4,14 @@ and leaves the cases it does not cover to Lightning's own methods."""
 
 from __future__ import annotations
 
+import copy
 import csv
+from functools import partial
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.profilers import PassThroughProfiler
 
@@ -47,10 +49,11 @@ class Hooks(Callback):
 class Logged(L.LightningModule):
     """Logs per step (or only per epoch), validates, steps a per-step and a plateau schedule."""
 
-    def __init__(self, on_step: bool = True, skip_at: int | None = None, manual: bool = False) -> None:
+    def __init__(self, on_step: bool = True, skip_at: int | None = None, manual: bool = False,
+                 plateau: bool = True) -> None:
         super().__init__()
         self.layer = torch.nn.Linear(4, 2)
-        self.on_step, self.skip_at = on_step, skip_at
+        self.on_step, self.skip_at, self.plateau = on_step, skip_at, plateau
         self.automatic_optimization = not manual
 
     def training_step(self, batch, batch_idx):
@@ -77,20 +80,23 @@ class Logged(L.LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
         step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+        if not self.plateau:
+            return [optimizer], [{"scheduler": step, "interval": "step"}]
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
         return [optimizer], [{"scheduler": step, "interval": "step"},
                              {"scheduler": plateau, "interval": "step", "monitor": "val/loss", "strict": False}]
 
 
-def fit(tmp_path, profiler, module_args=None, **trainer_args):
+def fit(tmp_path, profiler, module_args=None, extra_callbacks=(), **trainer_args):
     """(module, trainer, hook record, CSV log rows, calls of Lightning's advance) after a 2-epoch fit."""
     lean_loop.install()
     hooks = Hooks()
     logger = CSVLogger(tmp_path, name="log", version=0)
     torch.manual_seed(0)
     module = Logged(**(module_args or {}))
-    fitting = trainer(tmp_path, profiler, max_epochs=2, callbacks=[hooks], logger=logger, log_every_n_steps=1,
-                      **trainer_args)
+    trainer_args.setdefault("log_every_n_steps", 1)
+    fitting = trainer(tmp_path, profiler, max_epochs=2, callbacks=[hooks, *copy.deepcopy(list(extra_callbacks))],
+                      logger=logger, **trainer_args)
     calls = count_calls(lean_loop.lightnings_methods["advance"].__code__,
                         lambda: fitting.fit(module, uneven(), uneven()))
     with open(logger.log_dir + "/metrics.csv") as rows:
@@ -98,7 +104,7 @@ def fit(tmp_path, profiler, module_args=None, **trainer_args):
     return module, fitting, hooks.seen, logged, calls
 
 
-def same_run(tmp_path, module_args=None, **trainer_args) -> int:
+def same_run(tmp_path, module_args=None, **trainer_args) -> int:  # trainer_args may hold extra_callbacks
     """Fits under lab's profiler and Lightning's; asserts the two ended identical; returns how
     often Lightning's own advance ran under lab's."""
     lab, lab_trainer, lab_seen, lab_log, lab_calls = fit(tmp_path / "lab", NoProfiler(), module_args, **trainer_args)
@@ -111,6 +117,7 @@ def same_run(tmp_path, module_args=None, **trainer_args) -> int:
            [c.scheduler.state_dict() for c in ref_trainer.lr_scheduler_configs]
     assert lab_trainer.fit_loop.state_dict() == ref_trainer.fit_loop.state_dict()  # checkpoints and resuming
     assert lab_trainer.global_step == ref_trainer.global_step > 0
+    assert lab_trainer.should_stop == ref_trainer.should_stop
     for metrics in ("callback_metrics", "logged_metrics", "progress_bar_metrics"):
         assert {k: float(v) for k, v in getattr(lab_trainer, metrics).items()} == \
                {k: float(v) for k, v in getattr(ref_trainer, metrics).items()}, metrics
@@ -120,14 +127,21 @@ def same_run(tmp_path, module_args=None, **trainer_args) -> int:
     return lab_calls
 
 
+@pytest.mark.parametrize("plateau", [True, False], ids=["and-plateau", "no-plateau"])
 @pytest.mark.parametrize("on_step", [True, False], ids=["logs-per-step", "logs-per-epoch"])
-def test_the_lean_loop_trains_and_logs_exactly_as_lightning(tmp_path, on_step):
-    # validation inside the epoch (every 2 batches), a per-step and a plateau schedule
-    assert same_run(tmp_path, {"on_step": on_step}, val_check_interval=2) == 0  # the lean loop ran
+def test_the_lean_loop_trains_and_logs_exactly_as_lightning(tmp_path, on_step, plateau):
+    # validation inside the epoch (every 2 batches), a per-step schedule and maybe a plateau one
+    assert same_run(tmp_path, {"on_step": on_step, "plateau": plateau}, val_check_interval=2) == 0  # the lean loop ran
 
 
-def test_accumulated_gradients_step_the_schedule_and_the_logger_as_in_lightning(tmp_path):
-    assert same_run(tmp_path, accumulate_grad_batches=2) == 0
+@pytest.mark.parametrize("on_step", [True, False], ids=["logs-per-step", "logs-per-epoch"])
+def test_accumulated_gradients_step_the_schedule_and_the_logger_as_in_lightning(tmp_path, on_step):
+    assert same_run(tmp_path, {"on_step": on_step}, accumulate_grad_batches=2, log_every_n_steps=2) == 0
+
+
+def test_early_stopping_inside_the_epoch_stops_as_in_lightning(tmp_path):
+    stop = EarlyStopping(monitor="val/loss", patience=0, min_delta=10.0, check_on_train_epoch_end=False)
+    assert same_run(tmp_path, val_check_interval=1, extra_callbacks=[stop]) == 0
 
 
 def test_a_batch_start_hook_returning_minus_one_ends_the_epoch_as_in_lightning(tmp_path):
@@ -147,15 +161,17 @@ def test_a_run_resumed_mid_epoch_ends_as_in_lightning(tmp_path):
     """The restarting batch takes Lightning's loop, the rest lab's: the same end as Lightning's alone."""
     every_2 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1, filename="{step}")
     trained(tmp_path / "first", NoProfiler(), Logged, scale=3.0, callbacks=[every_2], enable_checkpointing=True)
-    ends = []
+    ends, calls = [], []
     for profiler in (NoProfiler(), PassThroughProfiler()):
         torch.manual_seed(1)
         module = Logged()
         resumed = trainer(tmp_path / type(profiler).__name__, profiler, max_epochs=2)
-        resumed.fit(module, batches(3.0), ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")  # after 2 of 3 batches
+        calls.append(count_calls(lean_loop.lightnings_methods["advance"].__code__, partial(
+            resumed.fit, module, batches(3.0), ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")))  # after 2 of 3 batches
         ends.append((module.layer.weight.detach().clone(), resumed.fit_loop.state_dict(), resumed.global_step))
     assert torch.equal(ends[0][0], ends[1][0]) and ends[0][1:] == ends[1][1:]
     assert ends[0][2] == 2 * BATCHES
+    assert calls == [1, BATCHES + 1]  # lab: Lightning's loop for the restarting batch only
 
 
 def test_a_distributed_run_keeps_lightnings_loop(tmp_path, monkeypatch):
