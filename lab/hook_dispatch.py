@@ -116,16 +116,26 @@ def install() -> bool:
         if pl_module:
             prev_fx_name = pl_module._current_fx_name
             pl_module._current_fx_name = hook_name
-        callbacks = trainer.callbacks
-        if monitoring_callbacks is not None:
-            callbacks = [cb for cb in callbacks if isinstance(cb, monitoring) == bool(monitoring_callbacks)]
-        empty = _empty_base_hook(Callback, hook_name)
-        for callback in callbacks:
+        for callback in _doers(trainer, hook_name, monitoring_callbacks):
             fn = getattr(callback, hook_name)
-            if callable(fn) and (empty is None or getattr(fn, "__func__", None) is not empty):
+            if callable(fn):
                 fn(trainer, pl_module, *args, **kwargs)
         if pl_module:
             pl_module._current_fx_name = prev_fx_name
+
+    def _doers(trainer, hook_name, monitoring_callbacks) -> list:
+        """The callbacks whose `hook_name` is not Callback's empty one, in order; worked out once per
+        Trainer, hook and list of callbacks (a per-batch hook otherwise looks at every callback)."""
+        callbacks = tuple(trainer.callbacks)
+        plans = trainer.__dict__.setdefault("_lab_hook_doers", {})
+        plan = plans.get((hook_name, monitoring_callbacks))
+        if plan is None or plan[0] != callbacks:
+            chosen = callbacks if monitoring_callbacks is None else [
+                cb for cb in callbacks if isinstance(cb, monitoring) == bool(monitoring_callbacks)]
+            empty = _empty_base_hook(Callback, hook_name)
+            plan = plans[(hook_name, monitoring_callbacks)] = (callbacks, [
+                cb for cb in chosen if empty is None or getattr(getattr(cb, hook_name), "__func__", None) is not empty])
+        return plan[1]
 
     def _call_lightning_module_hook(trainer, hook_name, *args, pl_module=None, **kwargs):
         if lightnings_way(trainer):

@@ -233,3 +233,21 @@ def test_a_datamodules_batch_hook_runs_every_batch(tmp_path):
     assert data.seen == [0] * BATCHES
     torch.manual_seed(0)
     assert torch.equal(weights, Tiny([]).layer.weight)
+
+
+def test_a_callback_added_during_the_fit_is_called_from_then_on(tmp_path):
+    """Which callbacks do something at a hook is worked out once per list of callbacks, not once per fit."""
+    seen: list = []
+
+    class Late(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((trainer.current_epoch, batch_idx))
+
+    class Adder(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 0:
+                trainer.callbacks.append(Late())
+
+    torch.manual_seed(0)
+    trainer(tmp_path, NoProfiler(), max_epochs=2, callbacks=[Adder()]).fit(Tiny([]), batches())
+    assert seen == [(1, batch) for batch in range(BATCHES)]
