@@ -19,7 +19,9 @@ dicts would be empty and the logger call a no-op), the accumulation checks when
 and the no-op strategy hook. Lightning's own methods run instead when the loop is restarting
 (a mid-epoch resume), for `dataloader_iter` training steps, in a distributed run, and for
 every trainer that takes Lightning's way in lab.hook_dispatch (a real profiler, or Lightning's
-debug log on). Installing it installs lab.lean_step and lab.hook_dispatch.
+debug log on). It replicates parts of Lightning's loop and logger connector checked against
+Lightning 2.6 (tests/test_lean_loop.py compares whole fits with Lightning's own loop): on another
+Lightning release Lightning's loop stays. Installing it installs lab.lean_step and lab.hook_dispatch.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lab import lean_step
 from lab.hook_dispatch import lightnings_way
 
 _installed = False
+CHECKED_RELEASE = "2.6."  # the Lightning release whose loop the lean path was checked against
 lightnings_methods: dict = {}  # Lightning's advance and on_advance_end, as install() found them
 
 # What the lean path replicates: it is installed only where these are the shape checked here.
@@ -86,6 +89,7 @@ def install() -> bool:
     if not lean_step.install():  # and hook_dispatch, whose gate this shares
         return False
     try:
+        import lightning
         from lightning.pytorch.loops import _Loop
         from lightning.pytorch.loops.fetchers import _PrefetchDataFetcher
         from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
@@ -95,7 +99,8 @@ def install() -> bool:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
     except ImportError:
         return False
-    if not _shape_matches(_TrainingEpochLoop, _LoggerConnector):
+    if not lightning.__version__.startswith(CHECKED_RELEASE) or not _shape_matches(_TrainingEpochLoop,
+                                                                                    _LoggerConnector):
         logging.getLogger(__name__).debug("lab.lean_loop: Lightning's training epoch loop changed; left as it is")
         return False
     lightning_advance = _TrainingEpochLoop.advance
