@@ -33,6 +33,8 @@ from typing import Any
 
 _installed = False
 _profiler_type: type | None = None  # lab.profiler.NoProfiler, set by install()
+_callback_base: type | None = None  # Lightning's Callback, set by install()
+_monitoring: tuple = ()  # Lightning's "monitoring callbacks" (EarlyStopping, Checkpoint), set by install()
 _lightning_log = logging.getLogger("lightning.pytorch.trainer.call")  # Lightning's hook-call debug log
 
 # Lightning's loops that check a step method's signature once per batch.
@@ -69,6 +71,22 @@ def does_something(obj: Any, base: type, hook_name: str) -> bool:
     return empty is None or getattr(getattr(obj, hook_name, None), "__func__", None) is not empty
 
 
+def callback_doers(trainer: Any, hook_name: str, monitoring_callbacks: bool | None = None) -> list:
+    """The trainer's callbacks whose `hook_name` does something (see does_something), in order;
+    `monitoring_callbacks` True/False keeps only/drops Lightning's monitoring callbacks (early
+    stopping, checkpoints), as its dispatch does. Worked out once per Trainer, hook and list of
+    callbacks: a per-batch hook otherwise looks at every callback. Needs install()."""
+    callbacks = tuple(trainer.callbacks)
+    plans = trainer.__dict__.setdefault("_lab_hook_doers", {})
+    plan = plans.get((hook_name, monitoring_callbacks))
+    if plan is None or plan[0] != callbacks:
+        chosen = callbacks if monitoring_callbacks is None else [
+            cb for cb in callbacks if isinstance(cb, _monitoring) == bool(monitoring_callbacks)]
+        plan = plans[(hook_name, monitoring_callbacks)] = (
+            callbacks, [cb for cb in chosen if does_something(cb, _callback_base, hook_name)])
+    return plan[1]
+
+
 def lightnings_way(trainer: Any) -> bool:
     """Whether `trainer` gets Lightning's own functions: a real profiler (or a Trainer built
     outside lab), or Lightning's debug log on, so that the profile or the log lists every hook."""
@@ -86,7 +104,7 @@ def _shapes_match(call_module: Any) -> bool:
 def install() -> bool:
     """Replace the dispatch functions (once per process, for good: trainers with a real profiler
     still get Lightning's own); False when this Lightning is not the expected shape."""
-    global _installed, _profiler_type
+    global _installed, _profiler_type, _callback_base, _monitoring
     if _installed:
         return True
     import importlib
@@ -105,8 +123,7 @@ def install() -> bool:
     lightning_module_hook = call._call_lightning_module_hook
     lightning_datamodule_hook = call._call_lightning_datamodule_hook
     lightning_strategy_hook = call._call_strategy_hook
-    monitoring = (EarlyStopping, Checkpoint)  # Lightning's "monitoring callbacks"
-    _profiler_type = NoProfiler
+    _profiler_type, _callback_base, _monitoring = NoProfiler, Callback, (EarlyStopping, Checkpoint)
 
     def _call_callback_hooks(trainer, hook_name, *args, monitoring_callbacks=None, **kwargs):
         if lightnings_way(trainer):
@@ -116,26 +133,12 @@ def install() -> bool:
         if pl_module:
             prev_fx_name = pl_module._current_fx_name
             pl_module._current_fx_name = hook_name
-        for callback in _doers(trainer, hook_name, monitoring_callbacks):
+        for callback in callback_doers(trainer, hook_name, monitoring_callbacks):
             fn = getattr(callback, hook_name)
             if callable(fn):
                 fn(trainer, pl_module, *args, **kwargs)
         if pl_module:
             pl_module._current_fx_name = prev_fx_name
-
-    def _doers(trainer, hook_name, monitoring_callbacks) -> list:
-        """The callbacks whose `hook_name` is not Callback's empty one, in order; worked out once per
-        Trainer, hook and list of callbacks (a per-batch hook otherwise looks at every callback)."""
-        callbacks = tuple(trainer.callbacks)
-        plans = trainer.__dict__.setdefault("_lab_hook_doers", {})
-        plan = plans.get((hook_name, monitoring_callbacks))
-        if plan is None or plan[0] != callbacks:
-            chosen = callbacks if monitoring_callbacks is None else [
-                cb for cb in callbacks if isinstance(cb, monitoring) == bool(monitoring_callbacks)]
-            empty = _empty_base_hook(Callback, hook_name)
-            plan = plans[(hook_name, monitoring_callbacks)] = (callbacks, [
-                cb for cb in chosen if empty is None or getattr(getattr(cb, hook_name), "__func__", None) is not empty])
-        return plan[1]
 
     def _call_lightning_module_hook(trainer, hook_name, *args, pl_module=None, **kwargs):
         if lightnings_way(trainer):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from lab import hook_dispatch
-from lab.hook_dispatch import does_something, lightnings_way
+from lab.hook_dispatch import callback_doers, does_something, lightnings_way
 
 _installed = False
 
@@ -48,7 +48,7 @@ def _owner(obj: Any, name: str) -> type | None:
 
 def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
     """The step hooks someone overrides when the lean path does what Lightning's would; None otherwise."""
-    from lightning.pytorch import Callback, LightningModule
+    from lightning.pytorch import LightningModule
     from lightning.pytorch.core.optimizer import LightningOptimizer
     from lightning.pytorch.plugins.precision import MixedPrecision, Precision
     from lightning.pytorch.strategies import Strategy
@@ -73,8 +73,7 @@ def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
         return None
     return tuple(
         name for name in _STEP_HOOKS
-        if does_something(module, LightningModule, name)
-        or any(does_something(cb, Callback, name) for cb in trainer.callbacks)
+        if does_something(module, LightningModule, name) or callback_doers(trainer, name)
     )
 
 
