@@ -22,9 +22,16 @@ class EpochMean(Metric):
         self.add_state("total", default=torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("weight", default=torch.zeros(()), dist_reduce_fx="sum")
 
-    def update(self, value: torch.Tensor, weight: int | float = 1) -> None:
-        # in place (no nn.Module attribute assignment): this runs every training step
+    def update(self, value: torch.Tensor, weight: int | float | torch.Tensor = 1) -> None:
+        """Adds `value`'s elements, each weighing `weight`: a number, or a tensor that broadcasts
+        to value's shape (per-element weights: lab.metrics.pending's batched form)."""
+        # in place (no nn.Module attribute assignment)
         value = value.detach().float()
+        if isinstance(weight, torch.Tensor):
+            weight = torch.broadcast_to(weight.to(device=value.device, dtype=value.dtype), value.shape)
+            self.total.add_((value * weight).sum())
+            self.weight.add_(weight.sum())
+            return
         self.total.add_(value.sum() if value.ndim else value, alpha=weight)
         self.weight.add_(weight * value.numel())
 

@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric
 from lab.errors import ConfigError
 from lab.metrics.accuracy import TopKAccuracy
 from lab.metrics.epoch_mean import EpochMean
+from lab.metrics.pending import PendingUpdates
 from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
@@ -94,6 +95,8 @@ class ClassificationTask(Task):
         # val/test loss as a sample-weighted mean whose sums are synced across DDP processes:
         # with each sample on exactly one rank, N processes give the single-process value.
         self._epoch_means: dict[str, EpochMean] = {}  # {split}/loss and other per-batch means (track)
+        # Each metric's per-step inputs, keyed like the metric and passed on in batches (defer).
+        self._pending: dict[str, PendingUpdates] = {}
         self.val_top1_best = MaxMetric()
         self.best_epoch: int | None = None  # epoch of the best val/top1 (metrics.json: best_epoch)
 
@@ -110,32 +113,54 @@ class ClassificationTask(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self(x)
         loss = self.criterion(logits, y)
-        metrics.update(logits.detach(), y)
+        self.defer(f"{split}/topk", metrics, logits.detach(), y)
         self.track(f"{split}/loss", loss, len(y))
         return loss, logits, y
 
     # --- epoch metrics ----------------------------------------------------------------
-    # Steps only add to device-side sums (torchmetrics states: no host sync, and no Lightning
-    # `self.log` per step, which costs about a millisecond per call on 2 CPU cores). Each
-    # epoch's values are computed once (synced across DDP processes), logged and reset in the
-    # epoch-end hooks.
+    # Steps only hand their tensors to the metrics, which add them to device-side sums in
+    # batches of steps (lab.metrics.pending): no host sync, and no Lightning `self.log` per
+    # step, which costs about a millisecond per call on 2 CPU cores. Each epoch's values are
+    # computed once (synced across DDP processes), logged and reset in the epoch-end hooks.
+    def defer(self, key: str, metric, *args: torch.Tensor) -> None:
+        """`metric.update(*args)`, held with other steps' and made in one batch: read the metric
+        after `flush(key)` (the epoch-end hooks and running_mean do)."""
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = PendingUpdates(metric)
+        pending.add(*args)
+
+    def flush(self, prefix: str) -> None:
+        """Makes the held updates of every metric whose key starts with `prefix`."""
+        for key, pending in self._pending.items():
+            if key.startswith(prefix):
+                pending.flush()
+
     def track(self, key: str, value: torch.Tensor, weight: int) -> None:
         """Adds one batch's `value`, weighted by its `weight` samples, to the epoch mean `key`."""
-        metric = self._epoch_means.get(key)
-        if metric is None:
+        pending = self._pending.get(key)
+        if pending is None:
             # Made on the first batch, on the task's device (metric states are not checkpointed).
             metric = self._epoch_means[key] = EpochMean().to(self.device)
-        metric.update(value, weight)
+            pending = self._pending[key] = PendingUpdates(metric)
+        value = value.detach()
+        if value.ndim:  # each element weighs `weight`: as their mean, weighing them all
+            value, weight = value.float().mean(), weight * value.numel()
+        pending.add(value, weight)
 
     def running_mean(self, key: str) -> float | None:
         """This process's mean of `key` so far this epoch (no DDP sync: for the progress bar)."""
         metric = self._epoch_means.get(key)
-        if metric is None or not metric.update_called:
+        if metric is None:
+            return None
+        self._pending[key].flush()
+        if not metric.update_called:
             return None
         return float(metric.total / metric.weight)
 
     def log_epoch_metrics(self, split: str, metrics: TopKAccuracy | None = None) -> None:
         """Logs, then resets, the epoch means named `{split}/...` and the accuracies `metrics`."""
+        self.flush(f"{split}/")
         for key, metric in self._epoch_means.items():
             if key.startswith(f"{split}/") and metric.update_called:
                 self.log(key, metric.compute(), prog_bar=key == "train/loss")
@@ -175,6 +200,7 @@ class ClassificationTask(Task):
         self.log("train/lr", float(lr), on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
+        self.flush("val/")
         top1 = self.val_acc.compute()["val/top1"]
         if not self.trainer.sanity_checking and (self.best_epoch is None or top1 > self.val_top1_best.compute()):
             self.best_epoch = self.current_epoch
