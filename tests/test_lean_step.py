@@ -154,6 +154,22 @@ def test_the_lean_step_is_taken_only_where_every_layer_passes_through(strategy, 
     assert (lean_step._lean_plan(trainer) is not None) == lean
 
 
+def test_training_step_is_called_directly_only_through_the_base_strategys_own():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    class OwnStep(SingleDeviceStrategy):
+        def training_step(self, *args, **kwargs):
+            return super().training_step(*args, **kwargs)
+
+    module = Net()
+    for strategy, wrapped, direct in ((SingleDeviceStrategy("cpu"), False, True), (OwnStep("cpu"), False, False),
+                                      (SingleDeviceStrategy("cpu"), True, False)):
+        strategy.model = torch.nn.Sequential(module) if wrapped else module
+        assert lean_step._direct_training_step(SimpleNamespace(strategy=strategy, lightning_module=module)) == direct
+
+
 def test_an_overridden_backward_runs_under_its_hook_name_and_may_log(tmp_path):
     names: list = []
 
@@ -169,6 +185,26 @@ def test_an_overridden_backward_runs_under_its_hook_name_and_may_log(tmp_path):
     assert lab_calls == 0 and lab_names == names == ["backward"] * 2 * BATCHES
     assert torch.equal(lab.layer.weight, ref.layer.weight)
     assert float(lab_trainer.callback_metrics["backward_loss"]) == float(ref_trainer.callback_metrics["backward_loss"])
+
+
+def test_training_step_runs_under_its_hook_name_and_logs_with_its_defaults(tmp_path):
+    """The lean path calls training_step itself: Lightning's names and logging defaults hold in it."""
+    names: list = []
+
+    class Logs(Net):
+        def training_step(self, batch, batch_idx):
+            names.append(self._current_fx_name)
+            loss = super().training_step(batch, batch_idx)
+            self.log("train/default", loss)  # in training_step: on_step=True, on_epoch=False
+            return loss
+
+    lab, lab_trainer, lab_calls = train(tmp_path / "lab", NoProfiler(), Logs)
+    lab_names, names[:] = list(names), []
+    ref, ref_trainer, _ = train(tmp_path / "ref", PassThroughProfiler(), Logs)
+    assert lab_calls == 0 and lab_names == names == ["training_step"] * 2 * BATCHES
+    assert torch.equal(lab.layer.weight, ref.layer.weight)
+    assert sorted(lab_trainer.logged_metrics) == sorted(ref_trainer.logged_metrics) == ["train/default"]
+    assert float(lab_trainer.logged_metrics["train/default"]) == float(ref_trainer.logged_metrics["train/default"])
 
 
 def test_a_lightning_optimizer_from_configure_optimizers_keeps_lightnings_step(tmp_path):
