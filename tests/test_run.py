@@ -83,6 +83,10 @@ def test_tensorboard_scalars_images_and_hparams(quick_run):
     assert any("confusion" in t and t.startswith("val/") for t in images), images
     assert any("confusion" in t and t.startswith("test/") for t in images), images
     assert len(acc.Images("val/confusion_matrix")) == 2  # every validation epoch
+    # The run folder's PNGs are the last pictures logged, encoded once (lossless), not drawn again.
+    for split in ("val", "test"):
+        logged = acc.Images(f"{split}/confusion_matrix")[-1].encoded_image_string
+        assert (run_dir / f"confusion_{split}.png").read_bytes() == logged
     # HParams: a session start with the run's parameters, no placeholder hp_metric.
     assert "hp_metric" not in scalars
     content = acc.PluginTagToContent("hparams")
@@ -91,3 +95,19 @@ def test_tensorboard_scalars_images_and_hparams(quick_run):
     assert params["seed"].number_value == 7
     assert params["optimizer.lr"].number_value == pytest.approx(0.002)
     assert params["scheduler"].string_value == "plateau"
+
+
+def test_pictures_encode_losslessly_or_to_a_bounded_palette():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from lab.callbacks.confusion import render_confusion
+    from lab.utils.png import encode_png
+
+    image = render_confusion(np.array([[5, 1], [0, 7]]), ["cat", "dog"], "val confusion, epoch 3")
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(image))).convert("RGB"))
+    assert np.array_equal(decoded, image)
+    palette = np.asarray(Image.open(io.BytesIO(encode_png(image, colors=8))).convert("RGB"))
+    assert palette.shape == image.shape and len(np.unique(palette.reshape(-1, 3), axis=0)) <= 8

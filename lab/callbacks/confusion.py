@@ -10,6 +10,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from lab.utils.png import add_png, encode_png
+
 _LIGHT = np.array([247, 251, 255], dtype=np.float32)  # the ends of matplotlib's "Blues"
 _DARK = np.array([8, 48, 107], dtype=np.float32)
 
@@ -68,13 +70,15 @@ class ConfusionMatrixLogger(L.Callback):
     validation_step/test_step return, then logs the matrix as an image under
     `val/confusion_matrix` and `test/confusion_matrix`, labelled with the
     datamodule's class names. The last val matrix and the test matrix are also
-    saved as PNG and CSV in the run folder."""
+    saved as PNG and CSV in the run folder: the PNG is the picture logged to
+    TensorBoard, encoded once (lab.utils.png), not drawn and encoded again."""
 
     def __init__(self, every_n_val_epochs: int = 1, save_png: bool = True) -> None:
         self.every_n_val_epochs = max(int(every_n_val_epochs), 1)
         self.save_png = save_png
         self._counts: dict[str, torch.Tensor] = {}
         self.last: dict[str, np.ndarray] = {}
+        self._png: dict[str, tuple[np.ndarray, bytes]] = {}  # split -> (the matrix drawn, its PNG)
 
     # --- accumulate ----------------------------------------------------------------
     def _update(self, split: str, pl_module: L.LightningModule, outputs: Any) -> None:
@@ -111,12 +115,19 @@ class ConfusionMatrixLogger(L.Callback):
         if log and trainer.is_global_zero:
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    title = f"{split} confusion, epoch {trainer.current_epoch}"
-                    image = render_confusion(matrix, self._names(trainer, n), title)
-                    logger.experiment.add_image(f"{split}/confusion_matrix", image, global_step=trainer.global_step,
-                                                dataformats="HWC")
+            loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+            if loggers:
+                png, (height, width) = self._picture(trainer, split)
+                for logger in loggers:
+                    add_png(logger.experiment, f"{split}/confusion_matrix", png, height, width, trainer.global_step)
+
+    def _picture(self, trainer: L.Trainer, split: str) -> tuple[bytes, tuple[int, int]]:
+        """The PNG of the split's last matrix and its (height, width), drawn and encoded once."""
+        matrix = self.last[split]
+        title = f"val confusion, epoch {trainer.current_epoch}" if split == "val" else f"{split} confusion"
+        image = render_confusion(matrix, self._names(trainer, len(matrix)), title)
+        self._png[split] = (matrix, encode_png(image))
+        return self._png[split][1], image.shape[:2]
 
     def _names(self, trainer: L.Trainer, n: int) -> list[str]:
         names = list(getattr(trainer.datamodule, "class_names", None) or [])
@@ -140,11 +151,10 @@ class ConfusionMatrixLogger(L.Callback):
             return
         out = Path(trainer.default_root_dir)
         matrix = self.last[split]
-        names = self._names(trainer, len(matrix))
-        from PIL import Image
-
-        Image.fromarray(render_confusion(matrix, names, f"{split} confusion")).save(out / f"confusion_{split}.png")
-        write_confusion_csv(out / f"confusion_{split}.csv", matrix, names)
+        drawn = self._png.get(split)
+        png = drawn[1] if drawn is not None and drawn[0] is matrix else self._picture(trainer, split)[0]
+        (out / f"confusion_{split}.png").write_bytes(png)
+        write_confusion_csv(out / f"confusion_{split}.csv", matrix, self._names(trainer, len(matrix)))
 
 
 def write_confusion_csv(path: Path, matrix: np.ndarray, names: Sequence[str]) -> None:
