@@ -4,8 +4,10 @@ a progress bar redrawn a few times a second, last.ckpt at most every few seconds
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -180,3 +182,49 @@ def test_top_k_accuracy_when_k_exceeds_the_classes_seen():
     values = metric.compute()
     assert values["top1"].item() == pytest.approx(1 / 3)
     assert values["top5"].item() == pytest.approx(1.0)  # every label is among 3 classes
+
+
+class ScriptedScore(L.LightningModule):
+    """Logs val `score` from a script, one value per epoch, to place the new bests."""
+
+    def __init__(self, scores) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.scores = scores
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("score", float(self.scores[self.current_epoch]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_last_checkpoint_copies_the_best_written_at_the_same_step(tmp_path, monkeypatch, save_last):
+    """With a new best, last.ckpt is a copy of the file just written (one torch.save, not two): a
+    real file holding the same state; save_last="link" keeps Lightning's symlink."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    saves = []
+    real_save = L.Trainer.save_checkpoint
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", lambda self, path, *a, **k: saves.append(
+        Path(path).name) or real_save(self, path, *a, **k))
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    callback = Checkpoint(dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, save_last=save_last,
+                          filename="best{epoch}")
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    trainer.fit(ScriptedScore([0.1, 0.3, 0.2, 0.5]), data, data)  # new bests in epochs 0, 1 and 3
+    last, best = tmp_path / "last.ckpt", tmp_path / "bestepoch=3.ckpt"
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["bestepoch=3.ckpt", "last.ckpt"]
+    assert saves == ["bestepoch=0.ckpt", "bestepoch=1.ckpt", "bestepoch=3.ckpt"]  # last.ckpt never written anew
+    assert last.is_symlink() == (save_last == "link")
+    if save_last is True:
+        assert not any(tmp_path.glob("*.partial"))
+        ours, theirs = torch.load(last, weights_only=False), torch.load(best, weights_only=False)
+        assert ours["global_step"] == theirs["global_step"] == 8 and ours["epoch"] == 3
+        assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())

@@ -8,10 +8,18 @@ write per epoch, a cost with no use on studies of many short epochs (digits: 30 
 seconds have passed since it was last written, and after the final epoch. Every random stream
 of an epoch is a function of (seed, epoch), so a run resumed from any last.ckpt ends exactly
 like an uninterrupted one; the throttle only bounds how much a resumed run repeats.
+
+In an epoch with a new best, Lightning writes the same state twice, the best checkpoint and then
+last.ckpt (15 ms each for the Fashion-MNIST CNN on 2 CPU cores, seconds for a ResNet-50). Here
+last.ckpt is then a copy of the file just written (made under a temporary name, then renamed into
+place). The two files differ only in what the checkpoint callback records about last.ckpt itself
+(its previous path), which resuming does not use.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from typing import Any
 
@@ -43,8 +51,30 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
+        written = getattr(self, "_last_checkpoint_saved", None)  # the file Lightning wrote last, and when
+        just_written = (self.save_last is True and self.save_top_k != 0 and bool(written)
+                        and written != self.last_model_path
+                        and getattr(self, "_last_global_step_saved", None) == trainer.global_step)
+        if just_written:  # Lightning's "link" path, with a copy (below) for the link
+            self.save_last, self._copying = "link", True
+            try:
+                super()._save_last_checkpoint(trainer, monitor_candidates)
+            finally:
+                self.save_last, self._copying = True, False
+        else:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_written = time.monotonic()
+
+    def _link_checkpoint(self, trainer: L.Trainer, filepath: str, linkpath: str) -> None:
+        """A copy of `filepath` at `linkpath` when the last checkpoint repeats the one just written
+        (a real file: it outlives the best one and travels alone); Lightning's symlink otherwise."""
+        if not getattr(self, "_copying", False):
+            return super()._link_checkpoint(trainer, filepath, linkpath)
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            partial = f"{linkpath}.partial"
+            shutil.copyfile(filepath, partial)
+            os.replace(partial, linkpath)  # atomic: a reader sees the old last.ckpt or the new one
+        trainer.strategy.barrier()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
