@@ -13,9 +13,11 @@ validation pass over the 5,000 val images after every epoch.
 - plain: zero_grad / forward / cross-entropy / backward / step / scheduler step, a running
   loss and accuracy kept as tensors (read once per epoch), then the validation loop.
 
-How: by default the two take turns every 20 train steps in one thread (lab's batch-end hook
-runs the plain loop's next 20 steps, each side's clock running only while it runs), because this VM's speed
-drifts by up to 10% between back-to-back minute-long runs; `--interleave 0` runs whole runs
+How: by default the two take turns every 20 train steps and every validation batch in one
+thread (lab's batch-end hooks run the plain loop's next 20 steps or next val batch, each side's
+clock running only while it runs), because this VM's speed drifts by up to 10% between
+back-to-back minute-long runs, and a second-long validation pass run as one block on each
+side, half a minute apart, differed by up to 0.4 s either way; `--interleave 0` runs whole runs
 back to back instead. `--control` times the plain loop against itself the same way (the
 noise floor of the method). Printed: each pair's times and ratio and the median of the
 per-pair ratios (the figure, target <= 1.03). `--floor` also times Lightning alone against the
@@ -133,9 +135,9 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
 
 
 def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, result: dict | None = None):
-    """The hand-written loop as a generator: it yields after every `chunk` train steps (never if 0)
-    and fills `result` with the seconds spent running (in all, and validating), the final epoch's
-    mean train loss and the last val top-1."""
+    """The hand-written loop as a generator: it yields "train" after every `chunk` train steps and
+    "val" after every val batch (never if `chunk` is 0), and fills `result` with the seconds spent
+    running (in all, and validating), the final epoch's mean train loss and the last val top-1."""
     import torch
     from hydra.utils import instantiate
 
@@ -176,17 +178,23 @@ def plain_loop(overrides: list[str], steps: int | None = None, chunk: int = 0, r
             seen += len(y)
             if chunk and (step + 1) % chunk == 0:
                 running += time.perf_counter() - started
-                yield
+                yield "train"
                 started = time.perf_counter()
         train_loss = (loss_sum / seen).item()
         val_started = time.perf_counter()
         model.eval()
         val_correct, val_seen = 0, 0
-        with torch.no_grad():
-            for x, y in val_loader:
+        for x, y in val_loader:
+            with torch.no_grad():  # per batch: grad mode is thread state, and the loop yields between batches
                 logits = model(plain(x).contiguous(memory_format=torch.channels_last))
-                val_correct += int((logits.argmax(1) == y).sum())
-                val_seen += len(y)
+            val_correct += int((logits.argmax(1) == y).sum())
+            val_seen += len(y)
+            if chunk:
+                now = time.perf_counter()
+                val_seconds += now - val_started
+                running += now - started
+                yield "val"
+                started = val_started = time.perf_counter()
         val_seconds += time.perf_counter() - val_started
     running += time.perf_counter() - started
     result.update(seconds=running, val_seconds=val_seconds, train_loss=train_loss, val_top1=val_correct / val_seen)
@@ -214,6 +222,7 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     second Python thread contending for the interpreter. `bare`: Lightning alone (run_bare_lightning)
     takes lab's place."""
     import lightning as L
+    import torch
 
     from lab.run import train
 
@@ -227,14 +236,15 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     def lab_clock() -> float:
         return time.perf_counter() - paused[0]
 
-    def hand_over() -> None:
+    def hand_over(train_turn: bool = True) -> None:
         if "seconds" in plain_result:
             return
         start = time.perf_counter()
-        with as_plain_script():
-            next(plain, None)
+        # as a script's top level runs it, also when handed over from inside lab's validation
+        with as_plain_script(), torch.inference_mode(False), torch.enable_grad():
+            ran = next(plain, None)
         paused[0] += time.perf_counter() - start
-        if "seconds" not in plain_result:  # a whole turn of train steps on both sides
+        if train_turn and ran == "train":  # a whole turn of train steps on both sides
             chunks.append((lab["train"] - marks["chunk"], time.perf_counter() - start))
         marks["chunk"] = lab["train"]
 
@@ -253,6 +263,10 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
 
         def on_validation_start(self, trainer, pl_module):
             marks["val"] = lab_clock()
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            if not trainer.sanity_checking:
+                hand_over(train_turn=False)  # the plain loop's next val batch (or the end of its epoch)
 
         def on_validation_end(self, trainer, pl_module):
             lab["val"] += lab_clock() - marks.pop("val")
