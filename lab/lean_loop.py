@@ -11,7 +11,9 @@ Fashion-MNIST step (interleaved A/B, 8 paired runs of 600 steps), 40% of what la
 hand-written loop.
 
 `install()` gives both methods a lean path that does the same things in the same order: the
-same fetch, batch transfer and hooks with the same arguments, the same progress counters,
+same fetch, batch transfer and hooks with the same arguments (the batch-transfer hooks are called
+directly, under the hook names Lightning's strategy and module layers would set, where those
+layers are Lightning's own and only pass the call on), the same progress counters,
 scheduler steps, validation checks and checkpoint triggers. What it skips is work with no
 effect in that case: the step-level metrics when nothing was logged with `on_step=True` (the
 dicts would be empty and the logger call a no-op), the accumulation checks when
@@ -69,6 +71,40 @@ def _shape_matches(loop: type, connector: type) -> bool:
                                                   "update_lr_schedulers"))
 
 
+def _transfer_plan(trainer: Any) -> tuple | None:
+    """What moving a batch to the device calls, worked out once per fit, where the strategy's
+    batch_to_device and the module's transfer handler are Lightning's own: (precision's
+    convert_input or None when it is the base no-op, the device, [(hook, function, name to run
+    it under) for the batch hooks that do something]). None: Lightning's path."""
+    from lightning.fabric.plugins import Precision as FabricPrecision
+    from lightning.pytorch import LightningModule
+    from lightning.pytorch.core.hooks import DataHooks
+    from lightning.pytorch.strategies import Strategy
+
+    strategy, module = trainer.strategy, trainer.lightning_module
+    selector = getattr(trainer._data_connector, "_datahook_selector", None)
+    if (selector is None or _owner(strategy, "batch_to_device") is not Strategy
+            or any(_owner(module, name) is not LightningModule
+                   for name in ("_on_before_batch_transfer", "_apply_batch_transfer_handler", "_call_batch_hook"))):
+        return None
+    precision = strategy.precision_plugin
+    convert = None if _owner(precision, "convert_input") is FabricPrecision else precision.convert_input
+    hooks = []
+    for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
+        owner = selector.get_instance(name)
+        fn = getattr(owner, name)
+        if name != "transfer_batch_to_device" and getattr(fn, "__func__", None) is getattr(DataHooks, name):
+            continue  # the base hook returns the batch unchanged
+        # a module's hook runs under its own name (lab.hook_dispatch), a datamodule's under the caller's
+        hooks.append((name, fn, name if isinstance(owner, type(module)) else None))
+    return convert, strategy.root_device, hooks
+
+
+def _owner(obj: Any, name: str) -> type | None:
+    """The class in type(obj)'s MRO that defines `name`."""
+    return next((k for k in type(obj).__mro__ if name in k.__dict__), None)
+
+
 def _distributed() -> bool:
     """Whether this process is one of a distributed run (its loop also broadcasts SIGTERM)."""
     return dist.is_available() and dist.is_initialized()
@@ -122,6 +158,32 @@ def install() -> bool:
         if loop._restarting or children:
             loop.restarting = False
 
+    def transfer(self, trainer, module, batch):
+        """Lightning's convert_input, on_before_batch_transfer and strategy batch_to_device."""
+        key = (module, trainer.strategy, trainer._data_connector._datahook_selector)
+        cached = self.__dict__.get("_lab_transfer_plan")
+        if cached is None or cached[0] != key:
+            cached = self._lab_transfer_plan = (key, _transfer_plan(trainer))
+        plan = cached[1]
+        if plan is None:
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = module._on_before_batch_transfer(batch, dataloader_idx=0)
+            return call._call_strategy_hook(trainer, "batch_to_device", batch, dataloader_idx=0)
+        convert, device, hooks = plan
+        if convert is not None:
+            batch = convert(batch)
+        previous = module._current_fx_name
+        for name, fn, own_name in hooks:
+            # the last two run inside the strategy's batch_to_device, under its name
+            outer = previous if name == "on_before_batch_transfer" else "batch_to_device"
+            module._current_fx_name = own_name or outer
+            if name == "transfer_batch_to_device":
+                batch = fn(batch, device, 0)
+            else:
+                batch = fn(batch, 0)
+        module._current_fx_name = previous
+        return batch
+
     def advance(self, data_fetcher) -> None:
         if not lean(self, data_fetcher):
             return lightning_advance(self, data_fetcher)
@@ -132,10 +194,8 @@ def install() -> bool:
         progress = self.batch_progress
         progress.is_last_batch = data_fetcher.done
 
-        batch = trainer.precision_plugin.convert_input(batch)
         module = trainer.lightning_module
-        batch = module._on_before_batch_transfer(batch, dataloader_idx=0)
-        batch = call._call_strategy_hook(trainer, "batch_to_device", batch, dataloader_idx=0)
+        batch = transfer(self, trainer, module, batch)
         progress.increment_ready()
         # the logger connector's on_batch_start, on the result collection it would look up (ours)
         results = self._results

@@ -195,3 +195,43 @@ def test_a_lightning_loop_of_another_shape_is_left_alone():
                                         copy(_LoggerConnector))
     assert not lean_loop._shape_matches(copy(_TrainingEpochLoop),
                                         copy(_LoggerConnector, on_batch_start=lambda self, batch: None))
+
+
+def test_batch_transfer_hooks_run_as_in_lightning(tmp_path):
+    """The lean loop calls the batch-transfer hooks itself: the same hooks, order, arguments,
+    hook names (a module's hook under its own, a datamodule's inside batch_to_device) and batches."""
+    from tests.test_hook_dispatch import Tiny, trained
+
+    def run(profiler, folder):
+        seen: list = []
+
+        class Module(Tiny):
+            def on_before_batch_transfer(self, batch, dataloader_idx):
+                seen.append(("before", self._current_fx_name, dataloader_idx, float(batch[0].sum())))
+                return batch[0] + 1, batch[1]
+
+            def transfer_batch_to_device(self, batch, device, dataloader_idx):
+                seen.append(("transfer", self._current_fx_name, str(device), dataloader_idx))
+                return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+        class Data(L.LightningDataModule):
+            def train_dataloader(self):
+                return batches()
+
+            def on_after_batch_transfer(self, batch, dataloader_idx):
+                seen.append(("after", self.trainer.lightning_module._current_fx_name, dataloader_idx))
+                return batch[0] * 2, batch[1]
+
+        module, _ = trained(folder, profiler, lambda: Module([]), Data())
+        return seen, module.layer.weight.detach().clone()
+
+    lab_seen, lab_weight = run(NoProfiler(), tmp_path / "lab")
+    ref_seen, ref_weight = run(PassThroughProfiler(), tmp_path / "ref")
+    assert lab_seen == ref_seen and len(lab_seen) == 3 * BATCHES
+    assert [s[:2] for s in lab_seen[:3]] == [("before", "on_before_batch_transfer"),
+                                              ("transfer", "transfer_batch_to_device"), ("after", "batch_to_device")]
+    assert torch.equal(lab_weight, ref_weight)
+
+
+def test_a_precision_that_converts_inputs_trains_as_in_lightning(tmp_path):
+    assert same_run(tmp_path, {"plateau": False}, precision="bf16-true") == 0
