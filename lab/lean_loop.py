@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -252,11 +253,40 @@ def install() -> bool:
         if logs or accumulating:
             connector.update_train_step_metrics()  # with empty metrics it logs nothing
 
+    def validates_now(self, trainer) -> bool:
+        """Lightning's _should_check_val_fx for a _PrefetchDataFetcher, with the trainer's
+        enable_validation (two is_overridden walks a batch) answered once per module, val data
+        source and limit_val_batches."""
+        source = self.val_loop._data_source
+        key = (trainer.lightning_module, source.instance, source.name, trainer.limit_val_batches)
+        memo = self.__dict__.get("_lab_enable_validation")
+        if memo is None or memo[0] != key:
+            memo = self._lab_enable_validation = (key, trainer.enable_validation)
+        every = trainer.check_val_every_n_epoch
+        if not memo[1] or (every is not None and (trainer.current_epoch + 1) % every != 0):
+            return False
+        val_check_batch = trainer.val_check_batch
+        infinite = val_check_batch == float("inf")
+        is_last_batch = self.batch_progress.is_last_batch
+        if is_last_batch and infinite:
+            return True
+        if trainer.should_stop and trainer.fit_loop._can_stop_early:
+            return True  # early stopping asked for: validate before stopping
+        interval = trainer._val_check_time_interval
+        if interval is not None:
+            return time.monotonic() - trainer._last_val_time >= interval
+        if isinstance(trainer.limit_train_batches, int) and infinite:
+            return (self.batch_idx + 1) % trainer.limit_train_batches == 0
+        if not infinite:
+            current = self.total_batch_idx if every is None else self.batch_idx
+            return (current + 1) % val_check_batch == 0
+        return is_last_batch
+
     def on_advance_end(self, data_fetcher) -> None:
         if not lean(self, data_fetcher):
             return lightning_on_advance_end(self, data_fetcher)
         trainer = self.trainer
-        should_check_val = self._should_check_val_fx(data_fetcher)
+        should_check_val = validates_now(self, trainer)
         if self._skip_next_val:
             should_check_val = False
             self._skip_next_val = False

@@ -235,3 +235,13 @@ def test_batch_transfer_hooks_run_as_in_lightning(tmp_path):
 
 def test_a_precision_that_converts_inputs_trains_as_in_lightning(tmp_path):
     assert same_run(tmp_path, {"plateau": False}, precision="bf16-true") == 0
+
+
+@pytest.mark.parametrize("when", [
+    {"check_val_every_n_epoch": 2},  # the second epoch only
+    {"check_val_every_n_epoch": None, "val_check_interval": 4},  # every 4 batches, counted across epochs
+    {"limit_val_batches": 0},  # no validation
+    {"val_check_interval": 0.5},  # twice an epoch
+], ids=["every-2-epochs", "across-epochs", "none", "half-epochs"])
+def test_validation_runs_when_lightnings_loop_runs_it(tmp_path, when):
+    assert same_run(tmp_path, {"plateau": False}, **when) == 0
