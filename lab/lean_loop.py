@@ -18,7 +18,9 @@ scheduler steps, validation checks and checkpoint triggers. What it skips is wor
 effect in that case: the step-level metrics when nothing was logged with `on_step=True` (the
 dicts would be empty and the logger call a no-op), the accumulation checks when
 `accumulate_grad_batches` is 1, the plateau-scheduler pass when no scheduler is a plateau one,
-and the no-op strategy hook. Lightning's own methods run instead when the loop is restarting
+the no-op strategy hook, and re-asking every batch whether the module validates at all (two
+is_overridden walks; answered once per module, val data and limit_val_batches). Lightning's
+own methods run instead when the loop is restarting
 (a mid-epoch resume), for `dataloader_iter` training steps, in a distributed run, and for
 every trainer that takes Lightning's way in lab.hook_dispatch (a real profiler, or Lightning's
 debug log on). It replicates parts of Lightning's loop and logger connector checked against
