@@ -149,6 +149,7 @@ def install() -> bool:
 
     def lean(self, data_fetcher) -> bool:
         return not (self._restarting or type(data_fetcher) is not _PrefetchDataFetcher
+                    or type(self) is not _TrainingEpochLoop  # a subclass may change what the lean path replicates
                     or self.trainer.fit_loop.epoch_loop is not self
                     or _distributed() or lightnings_way(self.trainer))
 

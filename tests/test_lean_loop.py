@@ -245,3 +245,27 @@ def test_a_precision_that_converts_inputs_trains_as_in_lightning(tmp_path):
 ], ids=["every-2-epochs", "across-epochs", "none", "half-epochs"])
 def test_validation_runs_when_lightnings_loop_runs_it(tmp_path, when):
     assert same_run(tmp_path, {"plateau": False}, **when) == 0
+
+
+def test_a_subclassed_epoch_loop_keeps_lightnings_methods(tmp_path):
+    """A subclass may change what the lean path replicates (here: when to validate)."""
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    from tests.test_hook_dispatch import Tiny
+
+    lean_loop.install()
+    validated: list = []
+
+    class NeverValidates(_TrainingEpochLoop):
+        def _should_check_val_fx(self, data_fetcher):
+            return False
+
+    class Module(Tiny):
+        def validation_step(self, batch, batch_idx):
+            validated.append(batch_idx)
+
+    fitting = trainer(tmp_path, NoProfiler(), num_sanity_val_steps=0)
+    fitting.fit_loop.epoch_loop = NeverValidates(fitting)
+    calls = count_calls(lean_loop.lightnings_methods["advance"].__code__,
+                        lambda: fitting.fit(Module([]), batches(), batches()))
+    assert calls == BATCHES and validated == []

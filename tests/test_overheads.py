@@ -211,29 +211,41 @@ class ScriptedScore(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("save_last", [True, "link"])
-def test_last_checkpoint_copies_the_best_written_at_the_same_step(tmp_path, monkeypatch, save_last):
-    """With a new best, last.ckpt is a copy of the file just written (one torch.save, not two): a
-    real file holding the same state; save_last="link" keeps Lightning's symlink."""
+def fit_scripted(tmp_path, scores, save_last=True, **fit_args) -> L.Trainer:
     from torch.utils.data import DataLoader, TensorDataset
 
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    callback = Checkpoint(dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, save_last=save_last,
+                          filename="best{epoch}")
+    trainer = L.Trainer(max_epochs=len(scores), accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
+                        default_root_dir=tmp_path)
+    trainer.fit(ScriptedScore(scores), data, data, **fit_args)
+    return trainer
+
+
+@pytest.mark.parametrize("save_last", [True, "link"])
+def test_last_checkpoint_copies_the_best_written_at_the_same_step(tmp_path, monkeypatch, save_last):
+    """With a new best, last.ckpt is a copy of the file just written (one torch.save, not two), once
+    last.ckpt was written the ordinary way: a real file holding the same state, and a run resumed
+    from it goes on writing last.ckpt (not last-v1.ckpt); save_last="link" keeps Lightning's symlink."""
     saves = []
     real_save = L.Trainer.save_checkpoint
     monkeypatch.setattr(L.Trainer, "save_checkpoint", lambda self, path, *a, **k: saves.append(
         Path(path).name) or real_save(self, path, *a, **k))
-    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
-    callback = Checkpoint(dirpath=tmp_path, monitor="score", mode="max", save_top_k=1, save_last=save_last,
-                          filename="best{epoch}")
-    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[callback],
-                        default_root_dir=tmp_path)
-    trainer.fit(ScriptedScore([0.1, 0.3, 0.2, 0.5]), data, data)  # new bests in epochs 0, 1 and 3
+    fit_scripted(tmp_path, [0.1, 0.3, 0.2, 0.5], save_last)  # new bests in epochs 0, 1 and 3
     last, best = tmp_path / "last.ckpt", tmp_path / "bestepoch=3.ckpt"
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["bestepoch=3.ckpt", "last.ckpt"]
-    assert saves == ["bestepoch=0.ckpt", "bestepoch=1.ckpt", "bestepoch=3.ckpt"]  # last.ckpt never written anew
     assert last.is_symlink() == (save_last == "link")
-    if save_last is True:
-        assert not any(tmp_path.glob("*.partial"))
-        ours, theirs = torch.load(last, weights_only=False), torch.load(best, weights_only=False)
-        assert ours["global_step"] == theirs["global_step"] == 8 and ours["epoch"] == 3
-        assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
+    if save_last == "link":
+        return
+    assert saves == ["bestepoch=0.ckpt", "last.ckpt", "bestepoch=1.ckpt", "bestepoch=3.ckpt"]
+    assert not any(tmp_path.glob("*.partial"))
+    ours, theirs = torch.load(last, weights_only=False), torch.load(best, weights_only=False)
+    assert ours["global_step"] == theirs["global_step"] == 8 and ours["epoch"] == 3
+    assert all(torch.equal(ours["state_dict"][k], v) for k, v in theirs["state_dict"].items())
+    saves.clear()
+    fit_scripted(tmp_path, [0.1, 0.3, 0.2, 0.5, 0.6, 0.7], ckpt_path=str(last))  # resumed: bests in 4 and 5
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["bestepoch=5.ckpt", "last.ckpt"]
+    assert saves == ["bestepoch=4.ckpt", "bestepoch=5.ckpt"]
+    assert torch.load(last, weights_only=False)["epoch"] == 5

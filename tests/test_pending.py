@@ -110,3 +110,31 @@ def test_a_fit_logs_the_epoch_metrics_of_the_logits_it_saw(tmp_path):
         assert logged[f"{split}/loss"].item() == pytest.approx(loss.item(), rel=1e-5)
     assert logged["val/top1_best"].item() == logged["val/top1"].item()  # the best so far reads the whole epoch
     assert all(len(pending) == 0 for pending in task._pending.values())
+
+
+def test_a_loss_changed_in_place_by_a_hook_is_logged_as_the_step_computed_it(tmp_path):
+    """The task holds a copy of each step's loss: on_before_backward gets the loss tensor itself
+    (in lab's lean step, as lab's trainers run it)."""
+    from lab import lean_loop
+    from lab.profiler import NoProfiler
+
+    lean_loop.install()
+
+    class Zeroes(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss):
+            with torch.no_grad():
+                loss.mul_(0.0)
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    model = SmallCNN(in_channels=1, num_classes=10, image_size=(8, 8), channels=[4])
+    seen: list = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    task = ClassificationTask(model=model, optimizer=partial(torch.optim.SGD, lr=0.1), num_classes=10)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Zeroes()],
+                        profiler=NoProfiler(), default_root_dir=tmp_path)
+    trainer.fit(task, DataLoader(TensorDataset(images, labels), batch_size=4))
+    expected = torch.nn.functional.cross_entropy(torch.cat(seen), labels)
+    assert expected.item() > 0
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(expected.item(), rel=1e-5)

@@ -111,3 +111,31 @@ def test_pictures_encode_losslessly_or_to_a_bounded_palette():
     assert np.array_equal(decoded, image)
     palette = np.asarray(Image.open(io.BytesIO(encode_png(image, colors=8))).convert("RGB"))
     assert palette.shape == image.shape and len(np.unique(palette.reshape(-1, 3), axis=0)) <= 8
+
+
+def test_val_picture_drawn_at_the_fits_end_names_the_epoch_it_counts(tmp_path):
+    """Without a TensorBoard logger the val picture is drawn at the fit's end, when the trainer's
+    epoch has moved past the last one validated; its title still names that one."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from lab.callbacks.confusion import ConfusionMatrixLogger, render_confusion
+    from lab.utils.png import encode_png
+
+    names = [f"class {i}" for i in range(12)]  # wide enough for the whole title
+    callback = ConfusionMatrixLogger()
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, loggers=[], current_epoch=1, sanity_checking=False,
+                              default_root_dir=str(tmp_path), fast_dev_run=False,
+                              datamodule=SimpleNamespace(class_names=names))
+    module = SimpleNamespace(num_classes=12)
+    target, preds = torch.arange(12), torch.arange(12).roll(1)
+    callback.on_validation_batch_end(trainer, module, {"preds": preds, "target": target}, None, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    trainer.current_epoch = 2  # the fit has ended
+    callback.on_fit_end(trainer, module)
+    matrix = np.zeros((12, 12), dtype=int)
+    matrix[target.numpy(), preds.numpy()] = 1
+    expected = encode_png(render_confusion(matrix, names, "val confusion, epoch 1"))
+    assert (tmp_path / "confusion_val.png").read_bytes() == expected

@@ -12,8 +12,9 @@ like an uninterrupted one; the throttle only bounds how much a resumed run repea
 In an epoch with a new best, Lightning writes the same state twice, the best checkpoint and then
 last.ckpt (15 ms each for the Fashion-MNIST CNN on 2 CPU cores, seconds for a ResNet-50). Here
 last.ckpt is then a copy of the file just written (made under a temporary name, then renamed into
-place). The two files differ only in what the checkpoint callback records about last.ckpt itself
-(its previous path), which resuming does not use.
+place), once last.ckpt has been written the ordinary way, so that the copy records last.ckpt's own
+path, and in one process writing local files synchronously; elsewhere both are written. The
+state's hooks (on_save_checkpoint) then run once for the two files.
 """
 
 from __future__ import annotations
@@ -50,12 +51,26 @@ class Checkpoint(ModelCheckpoint):
             return  # saving by epoch only: Lightning's per-batch check would only find that out, every batch
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+    def _copies_last(self, trainer: L.Trainer, monitor_candidates: dict) -> bool:
+        """Whether last.ckpt would repeat the checkpoint Lightning has just written at this step,
+        and a copy of that file can stand for it."""
+        from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
         written = getattr(self, "_last_checkpoint_saved", None)  # the file Lightning wrote last, and when
-        just_written = (self.save_last is True and self.save_top_k != 0 and bool(written)
-                        and written != self.last_model_path
-                        and getattr(self, "_last_global_step_saved", None) == trainer.global_step)
-        if just_written:  # Lightning's "link" path, with a copy (below) for the link
+        if not (self.save_last is True and self.save_top_k != 0 and written and written != self.last_model_path
+                and getattr(self, "_last_global_step_saved", None) == trainer.global_step):
+            return False
+        # The copy holds the written file's record of last.ckpt's path: it must already be this
+        # last.ckpt, or a run resumed from the copy would go on writing last-v1.ckpt beside it.
+        if self.last_model_path != self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST):
+            return False
+        # One process, a local single file written synchronously by torch.save (not sharded, async or remote).
+        return (trainer.world_size == 1 and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO
+                and _is_local_file_protocol(written) and os.path.isfile(written))
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self._copies_last(trainer, monitor_candidates):  # Lightning's "link" path, with a copy (below) for the link
             self.save_last, self._copying = "link", True
             try:
                 super()._save_last_checkpoint(trainer, monitor_candidates)

@@ -79,6 +79,7 @@ class ConfusionMatrixLogger(L.Callback):
         self._counts: dict[str, torch.Tensor] = {}
         self.last: dict[str, np.ndarray] = {}
         self._png: dict[str, tuple[np.ndarray, bytes]] = {}  # split -> (the matrix drawn, its PNG)
+        self._epoch: dict[str, int] = {}  # split -> the epoch its last matrix was counted in
 
     # --- accumulate ----------------------------------------------------------------
     def _update(self, split: str, pl_module: L.LightningModule, outputs: Any) -> None:
@@ -111,7 +112,7 @@ class ConfusionMatrixLogger(L.Callback):
         if counts is None:
             return
         matrix = counts.view(n, n).cpu().numpy()
-        self.last[split] = matrix
+        self.last[split], self._epoch[split] = matrix, trainer.current_epoch
         if log and trainer.is_global_zero:
             from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -124,7 +125,7 @@ class ConfusionMatrixLogger(L.Callback):
     def _picture(self, trainer: L.Trainer, split: str) -> tuple[bytes, tuple[int, int]]:
         """The PNG of the split's last matrix and its (height, width), drawn and encoded once."""
         matrix = self.last[split]
-        title = f"val confusion, epoch {trainer.current_epoch}" if split == "val" else f"{split} confusion"
+        title = f"val confusion, epoch {self._epoch[split]}" if split == "val" else f"{split} confusion"
         image = render_confusion(matrix, self._names(trainer, len(matrix)), title)
         self._png[split] = (matrix, encode_png(image))
         return self._png[split][1], image.shape[:2]

@@ -60,4 +60,13 @@ class PendingUpdates:
             return
         args = [_joined(column) for column in zip(*steps)]
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
-        self.metric.update(*(a.to(device) if device is not None else a for a in args))
+        self.metric.update(*(_to(a, device) for a in args))
+
+
+def _to(tensor: Any, device: torch.device | None) -> Any:
+    """`tensor` on `device`; a CPU tensor reaches a GPU through pinned memory, without a host sync."""
+    if device is None or not isinstance(tensor, torch.Tensor) or tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -56,7 +56,10 @@ class ClassificationTask(Task):
     optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top5}, val/top1_best,
     train/lr. Accuracies are micro averages (fraction of samples) in [0, 1].
     validation_step and test_step return predictions and targets, which callbacks
-    (the confusion matrix) read without a second forward pass.
+    (the confusion matrix) read without a second forward pass. Steps hand their metric inputs
+    over in batches (`defer`): a callback that reads the metric objects themselves in its
+    epoch-end hook, which Lightning runs before the module's, calls `flush(f"{split}/")` first;
+    logged values are complete.
     """
 
     def __init__(
@@ -146,6 +149,8 @@ class ClassificationTask(Task):
         value = value.detach()
         if value.ndim:  # each element weighs `weight`: as their mean, weighing them all
             value, weight = value.float().mean(), weight * value.numel()
+        else:  # held until the next flush: a copy, since hooks get the loss itself and may change it in place
+            value = value.clone()
         pending.add(value, weight)
 
     def running_mean(self, key: str) -> float | None:
