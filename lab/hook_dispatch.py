@@ -64,6 +64,11 @@ def _empty_base_hook(base: type, hook_name: str) -> Any:
     return fn if does_nothing(fn) else None
 
 
+def defining_class(obj: Any, name: str) -> type | None:
+    """The class in type(obj)'s MRO that defines `name` (whose method an instance runs)."""
+    return next((k for k in type(obj).__mro__ if name in k.__dict__), None)
+
+
 def does_something(obj: Any, base: type, hook_name: str) -> bool:
     """Whether calling obj's `hook_name` can do anything: it is not base's empty function (a
     subclass method, a LambdaCallback's function, or a base hook with a body)."""

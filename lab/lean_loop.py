@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import torch.distributed as dist
 
 from lab import lean_step
-from lab.hook_dispatch import lightnings_way
+from lab.hook_dispatch import defining_class, lightnings_way
 
 _installed = False
 CHECKED_RELEASE = "2.6."  # the Lightning release whose loop the lean path was checked against
@@ -52,6 +51,7 @@ _EXPECTED = {
     "on_advance_end": ["self", "data_fetcher"],
     "_update_learning_rates": ["self", "interval", "update_plateau_schedulers"],
     "_should_check_val_fx": ["self", "data_fetcher"],
+    "_should_check_val_epoch": ["self"],
     "_build_kwargs": ["self", "kwargs", "batch", "batch_idx"],
 }
 
@@ -86,12 +86,12 @@ def _transfer_plan(trainer: Any) -> tuple | None:
 
     strategy, module = trainer.strategy, trainer.lightning_module
     selector = getattr(trainer._data_connector, "_datahook_selector", None)
-    if (selector is None or _owner(strategy, "batch_to_device") is not Strategy
-            or any(_owner(module, name) is not LightningModule
+    if (selector is None or defining_class(strategy, "batch_to_device") is not Strategy
+            or any(defining_class(module, name) is not LightningModule
                    for name in ("_on_before_batch_transfer", "_apply_batch_transfer_handler", "_call_batch_hook"))):
         return None
     precision = strategy.precision_plugin
-    convert = None if _owner(precision, "convert_input") is FabricPrecision else precision.convert_input
+    convert = None if defining_class(precision, "convert_input") is FabricPrecision else precision.convert_input
     hooks = []
     for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer"):
         owner = selector.get_instance(name)
@@ -101,11 +101,6 @@ def _transfer_plan(trainer: Any) -> tuple | None:
         # a module's hook runs under its own name (lab.hook_dispatch), a datamodule's under the caller's
         hooks.append((name, fn, name if isinstance(owner, type(module)) else None))
     return convert, strategy.root_device, hooks
-
-
-def _owner(obj: Any, name: str) -> type | None:
-    """The class in type(obj)'s MRO that defines `name`."""
-    return next((k for k in type(obj).__mro__ if name in k.__dict__), None)
 
 
 def _distributed() -> bool:
@@ -256,40 +251,27 @@ def install() -> bool:
         if logs or accumulating:
             connector.update_train_step_metrics()  # with empty metrics it logs nothing
 
-    def validates_now(self, trainer) -> bool:
-        """Lightning's _should_check_val_fx for a _PrefetchDataFetcher, with the trainer's
-        enable_validation (two is_overridden walks a batch) answered once per module, val data
-        source and limit_val_batches."""
+    lightning_val_epoch = _TrainingEpochLoop._should_check_val_epoch
+
+    def _should_check_val_epoch(self) -> bool:
+        """Lightning's, with the trainer's enable_validation (two is_overridden walks, asked after
+        every batch) answered once per module, val data source and limit_val_batches."""
+        trainer = self.trainer
+        if lightnings_way(trainer):
+            return lightning_val_epoch(self)
         source = self.val_loop._data_source
         key = (trainer.lightning_module, source.instance, source.name, trainer.limit_val_batches)
         memo = self.__dict__.get("_lab_enable_validation")
         if memo is None or memo[0] != key:
             memo = self._lab_enable_validation = (key, trainer.enable_validation)
         every = trainer.check_val_every_n_epoch
-        if not memo[1] or (every is not None and (trainer.current_epoch + 1) % every != 0):
-            return False
-        val_check_batch = trainer.val_check_batch
-        infinite = val_check_batch == float("inf")
-        is_last_batch = self.batch_progress.is_last_batch
-        if is_last_batch and infinite:
-            return True
-        if trainer.should_stop and trainer.fit_loop._can_stop_early:
-            return True  # early stopping asked for: validate before stopping
-        interval = trainer._val_check_time_interval
-        if interval is not None:
-            return time.monotonic() - trainer._last_val_time >= interval
-        if isinstance(trainer.limit_train_batches, int) and infinite:
-            return (self.batch_idx + 1) % trainer.limit_train_batches == 0
-        if not infinite:
-            current = self.total_batch_idx if every is None else self.batch_idx
-            return (current + 1) % val_check_batch == 0
-        return is_last_batch
+        return memo[1] and (every is None or (trainer.current_epoch + 1) % every == 0)
 
     def on_advance_end(self, data_fetcher) -> None:
         if not lean(self, data_fetcher):
             return lightning_on_advance_end(self, data_fetcher)
         trainer = self.trainer
-        should_check_val = validates_now(self, trainer)
+        should_check_val = self._should_check_val_fx(data_fetcher)
         if self._skip_next_val:
             should_check_val = False
             self._skip_next_val = False
@@ -313,5 +295,6 @@ def install() -> bool:
 
     _TrainingEpochLoop.advance = advance
     _TrainingEpochLoop.on_advance_end = on_advance_end
+    _TrainingEpochLoop._should_check_val_epoch = _should_check_val_epoch
     _installed = True
     return True

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from lab import hook_dispatch
-from lab.hook_dispatch import callback_doers, does_something, lightnings_way
+from lab.hook_dispatch import callback_doers, defining_class, does_something, lightnings_way
 
 _installed = False
 
@@ -42,11 +42,6 @@ _STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward",
 _PRECISION_STEP = ("pre_backward", "backward", "post_backward", "optimizer_step", "_wrap_closure", "_after_closure",
                    "_clip_gradients", "clip_gradients")
 _STRATEGY_STEP = ("backward", "pre_backward", "post_backward", "optimizer_step")
-
-
-def _owner(obj: Any, name: str) -> type | None:
-    """The class in type(obj)'s MRO that defines `name`."""
-    return next((k for k in type(obj).__mro__ if name in k.__dict__), None)
 
 
 def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
@@ -65,8 +60,8 @@ def _lean_plan(trainer: Any) -> tuple[str, ...] | None:
         trainer.accumulate_grad_batches != 1
         or trainer.gradient_clip_val
         or strategy.handles_gradient_accumulation
-        or any(_owner(strategy, name) is not Strategy for name in _STRATEGY_STEP)
-        or any(_owner(precision, name) not in passing for name in _PRECISION_STEP)
+        or any(defining_class(strategy, name) is not Strategy for name in _STRATEGY_STEP)
+        or any(defining_class(precision, name) not in passing for name in _PRECISION_STEP)
         or type(module).optimizer_step is not LightningModule.optimizer_step
         or type(module).configure_gradient_clipping is not LightningModule.configure_gradient_clipping
         or type(module).clip_gradients is not LightningModule.clip_gradients
@@ -86,7 +81,7 @@ def _direct_training_step(trainer: Any) -> bool:
     from lightning.pytorch.strategies import Strategy
 
     strategy = trainer.strategy
-    return (_owner(strategy, "training_step") is Strategy and _owner(strategy, "post_training_step") is Strategy
+    return (all(defining_class(strategy, name) is Strategy for name in ("training_step", "post_training_step"))
             and strategy.model is trainer.lightning_module)
 
 
