@@ -78,7 +78,7 @@ class ConfusionMatrixLogger(L.Callback):
         self.save_png = save_png
         self._counts: dict[str, torch.Tensor] = {}
         self.last: dict[str, np.ndarray] = {}
-        self._png: dict[str, tuple[np.ndarray, bytes]] = {}  # split -> (the matrix drawn, its PNG)
+        self._png: dict[str, bytes] = {}  # split -> the PNG of its last matrix, once drawn
         self._epoch: dict[str, int] = {}  # split -> the epoch its last matrix was counted in
 
     # --- accumulate ----------------------------------------------------------------
@@ -113,6 +113,7 @@ class ConfusionMatrixLogger(L.Callback):
             return
         matrix = counts.view(n, n).cpu().numpy()
         self.last[split], self._epoch[split] = matrix, trainer.current_epoch
+        self._png.pop(split, None)  # of an older matrix
         if log and trainer.is_global_zero:
             from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -127,8 +128,8 @@ class ConfusionMatrixLogger(L.Callback):
         matrix = self.last[split]
         title = f"val confusion, epoch {self._epoch[split]}" if split == "val" else f"{split} confusion"
         image = render_confusion(matrix, self._names(trainer, len(matrix)), title)
-        self._png[split] = (matrix, encode_png(image))
-        return self._png[split][1], image.shape[:2]
+        self._png[split] = encode_png(image)
+        return self._png[split], image.shape[:2]
 
     def _names(self, trainer: L.Trainer, n: int) -> list[str]:
         names = list(getattr(trainer.datamodule, "class_names", None) or [])
@@ -152,8 +153,7 @@ class ConfusionMatrixLogger(L.Callback):
             return
         out = Path(trainer.default_root_dir)
         matrix = self.last[split]
-        drawn = self._png.get(split)
-        png = drawn[1] if drawn is not None and drawn[0] is matrix else self._picture(trainer, split)[0]
+        png = self._png.get(split) or self._picture(trainer, split)[0]
         (out / f"confusion_{split}.png").write_bytes(png)
         write_confusion_csv(out / f"confusion_{split}.csv", matrix, self._names(trainer, len(matrix)))
 

@@ -23,7 +23,7 @@ class ProgressBar(RichProgressBar):
             raise ValueError(f"callbacks.progress_bar.redraws_per_second must be > 0, got {redraws_per_second}")
         self.interval = 1.0 / float(redraws_per_second)
         self._last_redraw = float("-inf")
-        self._epoch_batches: int | float | None = None  # this epoch's train batches, read once at its start
+        self._epoch_batches: int | float = 0  # this epoch's train batches, read once at its start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
@@ -33,9 +33,8 @@ class ProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
-        total = self._epoch_batches if self._epoch_batches is not None else self.total_train_batches
         # cheapest test first: this runs after every batch
-        if now - self._last_redraw < self.interval and batch_idx + 1 < total \
+        if now - self._last_redraw < self.interval and batch_idx + 1 < self._epoch_batches \
                 and self.train_progress_bar_id is not None and self.is_enabled:
             return  # the bar's count is absolute (completed=batch), so skipped batches lose nothing
         self._last_redraw = now

@@ -97,8 +97,8 @@ class ClassificationTask(Task):
         self.test_acc = TopKAccuracy((1, self.top_k), prefix="test/")
         # val/test loss as a sample-weighted mean whose sums are synced across DDP processes:
         # with each sample on exactly one rank, N processes give the single-process value.
-        self._epoch_means: dict[str, EpochMean] = {}  # {split}/loss and other per-batch means (track)
-        # Each metric's per-step inputs, keyed like the metric and passed on in batches (defer).
+        # Each metric's per-step inputs, passed on in batches (defer): the accuracies under
+        # {split}/topk, the epoch means of `track` ({split}/loss, ...) under their own keys.
         self._pending: dict[str, PendingUpdates] = {}
         self.val_top1_best = MaxMetric()
         self.best_epoch: int | None = None  # epoch of the best val/top1 (metrics.json: best_epoch)
@@ -144,8 +144,7 @@ class ClassificationTask(Task):
         pending = self._pending.get(key)
         if pending is None:
             # Made on the first batch, on the task's device (metric states are not checkpointed).
-            metric = self._epoch_means[key] = EpochMean().to(self.device)
-            pending = self._pending[key] = PendingUpdates(metric)
+            pending = self._pending[key] = PendingUpdates(EpochMean().to(self.device))
         value = value.detach()
         if value.ndim:  # each element weighs `weight`: as their mean, weighing them all
             value, weight = value.float().mean(), weight * value.numel()
@@ -155,10 +154,11 @@ class ClassificationTask(Task):
 
     def running_mean(self, key: str) -> float | None:
         """This process's mean of `key` so far this epoch (no DDP sync: for the progress bar)."""
-        metric = self._epoch_means.get(key)
-        if metric is None:
+        pending = self._pending.get(key)
+        if pending is None:
             return None
-        self._pending[key].flush()
+        pending.flush()
+        metric = pending.metric
         if not metric.update_called:
             return None
         return float(metric.total / metric.weight)
@@ -166,8 +166,9 @@ class ClassificationTask(Task):
     def log_epoch_metrics(self, split: str, metrics: TopKAccuracy | None = None) -> None:
         """Logs, then resets, the epoch means named `{split}/...` and the accuracies `metrics`."""
         self.flush(f"{split}/")
-        for key, metric in self._epoch_means.items():
-            if key.startswith(f"{split}/") and metric.update_called:
+        for key, pending in self._pending.items():
+            metric = pending.metric
+            if key.startswith(f"{split}/") and isinstance(metric, EpochMean) and metric.update_called:
                 self.log(key, metric.compute(), prog_bar=key == "train/loss")
                 metric.reset()
         if metrics is not None and metrics.update_called:
