@@ -5,19 +5,24 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: install run test test-all bench tensorboard clean
+.PHONY: install lock run test test-all bench tensorboard clean
 
-# The stamp is remade only when pyproject.toml changes, so a second install takes seconds.
-# torch/torchvision are pinned first to the builds this project is tested with (served
-# from local disk on x86_64 Python 3.11); elsewhere pip picks what the platform offers.
-$(STAMP): pyproject.toml
+# The stamp is remade only when pyproject.toml or requirements.lock changes, so a second
+# install takes seconds. It installs exactly the lock (Python 3.11 on x86_64; torch 2.14.1 and
+# torchvision 0.29.1 are served from local disk there), then lab itself without dependencies,
+# built with the locked setuptools, and `pip check` proves the set consistent.
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) -q "torch==2.14.1" "torchvision==0.29.1" || \
-		$(PY) -m pip install $(PIP_FLAGS) -q torch torchvision
-	$(PY) -m pip install $(PIP_FLAGS) -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install $(PIP_FLAGS) -q --no-deps -r requirements.lock
+	$(PY) -m pip install $(PIP_FLAGS) -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	$(PY) -m pip check
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolves pyproject.toml in a throwaway venv and rewrites requirements.lock (docs/dependencies.md).
+lock:
+	PYTHON=$(PYTHON) .ci/lock.sh
 
 run: install
 	$(PY) -m lab.run $(ARGS)

@@ -13,7 +13,7 @@ FASHION = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-
 
 def compose(overrides: list[str], run_dir: Path | None = None):
     """The config `python -m lab.run <overrides>` composes; with `run_dir`, as lab.run's job sees it."""
-    from lab.compose import compose as compose_config
+    from lab.config.compose import compose as compose_config
 
     return compose_config(overrides, run_dir, drop_hydra=run_dir is not None)
 

@@ -6,6 +6,6 @@ functions that need them, so `python -m lab.run --help` stays fast.
 
 __version__ = "0.1.0"
 
-from lab.resolvers import register as _register_resolvers
+from lab.config.resolvers import register as _register_resolvers
 
 _register_resolvers()

@@ -60,7 +60,22 @@ def build_parts(cfg: DictConfig) -> Parts:
     datamodule = instantiate(cfg.data, seed=cfg.seed, _convert_="all")
     datamodule.setup("fit")
     # The data sizes the model and the task (the only coupling between the boxes).
-    model = instantiate_node(cfg.model, **datamodule.model_inputs())
+    inputs = datamodule.model_inputs()
+    target = str(cfg.model.get("_target_", ""))
+    if target:
+        from hydra.utils import get_class
+
+        from lab.models.contract import check_inputs, check_model
+
+        try:
+            model_class = get_class(target)
+        except Exception:  # noqa: BLE001 - an unknown target fails in instantiate, with Hydra's own message
+            model_class = None
+        if isinstance(model_class, type):
+            check_inputs(model_class, inputs, target)
+    model = instantiate_node(cfg.model, **inputs)
+    if target:
+        check_model(model, inputs, target)
     task = instantiate(
         cfg.task,
         _convert_="all",
@@ -172,7 +187,8 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
 
     from hydra.utils import instantiate
 
-    from lab.distributed import install_launcher_patch, reset_after_previous_job
+    from lab.train import ddp_launch
+    from lab.train.distributed import reset_after_previous_job
 
     # lab's tasks log epoch values that are already the same on every DDP process (torchmetrics
     # states synced in compute(), or equal by construction), so they are logged without
@@ -180,7 +196,6 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     reset_after_previous_job()  # the next job of a multirun starts its own DDP processes
     cheap_cuda_probe_without_gpu()
-    install_launcher_patch()  # rank > 0 processes re-run this job, into this job's folder
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     # Built (so their settings are checked) but not handed over when they have nothing to do in
     # this run (viz off): Lightning calls every callback at every hook, ~40 calls a training step.
@@ -196,13 +211,23 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     node.setdefault("use_distributed_sampler", False)
     if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
         node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
-    if node.get("profiler") is None and "profiler" not in kwargs:
-        from lab.lean_loop import install as lean_dispatch_step_and_loop
-        from lab.profiler import NoProfiler
-
-        kwargs["profiler"] = NoProfiler()
-        node.pop("profiler", None)
-        # lab.hook_dispatch, lab.lean_step and lab.lean_loop, for trainers with this profiler
-        # only: a real one still sees every hook and layer.
-        lean_dispatch_step_and_loop()
+    if may_launch_processes(node):
+        ddp_launch.install()  # rank > 0 processes re-run this job, into this job's folder
     return instantiate(OmegaConf.create(node), callbacks=callbacks, logger=found or False, **kwargs)
+
+
+def may_launch_processes(node: dict[str, Any]) -> bool:
+    """Whether Lightning may start rank > 0 processes for this trainer node (a DDP strategy, several
+    devices or nodes), so that lab.train.ddp_launch must set their command."""
+    strategy, devices = str(node.get("strategy", "auto")), str(node.get("devices", "auto"))
+    if "ddp" in strategy or int(node.get("num_nodes", 1) or 1) > 1:
+        return True
+    if devices == "auto":
+        import torch
+
+        return trains_on_cuda(node) and torch.cuda.device_count() > 1
+    if devices == "-1":
+        return True
+    if devices.isdigit():
+        return int(devices) > 1
+    return len([d for d in devices.strip("[]").split(",") if d.strip()]) > 1  # a list of device indices

@@ -1,7 +1,7 @@
 """Recompute a checkpoint's metrics: `python -m lab.eval ckpt_path=<ckpt> [key=value ...]`.
 
 The model, data and Trainer are rebuilt from the config saved in the checkpoint's run
-folder (see lab.from_checkpoint), the weights are loaded strictly, and trainer.test (and
+folder (see lab.train.from_checkpoint), the weights are loaded strictly, and trainer.test (and
 trainer.validate with `splits=[val,test]`) runs on the same split with the same
 deterministic eval transform as the run's own test, so a run's best checkpoint gives back
 its `test/*` metrics. Results go to a new folder, outputs/evals/<time>_<name>/, never into
@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from lab.paths import config_dir
+from lab.config.paths import config_dir
 
 SPLITS = ("val", "test")
 OWN_KEYS = ("splits", "name")
@@ -58,9 +58,9 @@ def evaluate(job, out_dir: Path, splits: Sequence[str] = ("test",)) -> dict[str,
     import warnings
 
     from lab.build import as_float, build_parts, build_trainer
-    from lab.checkpoints import load_weights, read_checkpoint, state_dict_of
-    from lab.console import console, print_results
-    from lab.from_checkpoint import describe, write_provenance
+    from lab.runs.checkpoints import load_weights, read_checkpoint, state_dict_of
+    from lab.train.from_checkpoint import describe, write_provenance
+    from lab.utils.console import console, print_results
     from lab.utils.io import write_json
 
     splits = check_splits(splits)
@@ -97,7 +97,7 @@ def evaluate(job, out_dir: Path, splits: Sequence[str] = ("test",)) -> dict[str,
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from lab.from_checkpoint import run_job
+    from lab.train.from_checkpoint import run_job
 
     run_job(lambda job, out_dir: evaluate(job, out_dir, splits=cfg.splits))
 
@@ -111,7 +111,7 @@ if __name__ == "__main__":
     from lab.utils.shutdown import skip_final_collection
 
     skip_final_collection()
-    from lab.from_checkpoint import launch
+    from lab.train.from_checkpoint import launch
 
     launch("lab.eval", OWN_KEYS, HELP, main, check=_check_own)
     sys.exit(0)

@@ -1,7 +1,7 @@
 """Per-sample predictions of a checkpoint: `python -m lab.predict ckpt_path=<ckpt> [key=value ...]`.
 
 The model and data are rebuilt from the config saved in the checkpoint's run folder
-(see lab.from_checkpoint), the weights loaded strictly, and trainer.predict runs over
+(see lab.train.from_checkpoint), the weights loaded strictly, and trainer.predict runs over
 one split (`split=test` by default) in stored order with the deterministic eval
 transform. predictions.csv gets one row per sample of the split: its index (and path,
 when the datamodule knows paths), true and predicted class, the predicted class's
@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from lab.paths import config_dir
+from lab.config.paths import config_dir
 
 SPLITS = ("test", "val", "train")
 OWN_KEYS = ("split", "top_k", "name")
@@ -57,10 +57,10 @@ def predict(job, out_dir: Path, split: str = "test", top_k: int = 5) -> Path:
     import torch
 
     from lab.build import build_parts, build_trainer
-    from lab.checkpoints import load_weights, read_checkpoint, state_dict_of
-    from lab.console import console
     from lab.errors import ConfigError
-    from lab.from_checkpoint import describe, write_provenance
+    from lab.runs.checkpoints import load_weights, read_checkpoint, state_dict_of
+    from lab.train.from_checkpoint import describe, write_provenance
+    from lab.utils.console import console
 
     check_own({"split": split, "top_k": top_k})
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -89,7 +89,7 @@ def predict(job, out_dir: Path, split: str = "test", top_k: int = 5) -> Path:
     labels = torch.cat(targets).cpu() if targets and all(t is not None for t in targets) else None
     if trainer.world_size > 1:
         # Each process predicted its own contiguous slice of the split: rank order is stored order.
-        from lab.distributed import gather_shards
+        from lab.train.distributed import gather_shards
 
         device = trainer.strategy.root_device
         probs = gather_shards(probs, device)
@@ -151,7 +151,7 @@ def write_predictions(path: Path, probs, labels, class_names: list[str], top_k: 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from lab.from_checkpoint import run_job
+    from lab.train.from_checkpoint import run_job
 
     run_job(lambda job, out_dir: predict(job, out_dir, split=str(cfg.split), top_k=cfg.top_k))
 
@@ -160,7 +160,7 @@ if __name__ == "__main__":
     from lab.utils.shutdown import skip_final_collection
 
     skip_final_collection()
-    from lab.from_checkpoint import launch
+    from lab.train.from_checkpoint import launch
 
     launch("lab.predict", OWN_KEYS, HELP, main, check=check_own)
     sys.exit(0)

@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one `error:` line (and status 2) like every other error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        from lab.console import print_error
+        from lab.utils.console import print_error
 
         print_error(f"{message} (see {self.prog} --help)")
         sys.exit(2)
@@ -137,11 +137,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     from rich.markup import escape
 
-    from lab.console import console
     from lab.errors import ConfigError
     from lab.retrieval.encoder import build_encoder
     from lab.retrieval.files import list_images
     from lab.retrieval.index import check_writable, save_index
+    from lab.utils.console import console
 
     out = Path(args.out).expanduser().absolute()
     check_writable(out, args.force)
@@ -207,11 +207,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from lab.console import console
     from lab.errors import DataNotFoundError
     from lab.retrieval.contact_sheet import Tile, write_contact_sheet
     from lab.retrieval.index import load_index
     from lab.retrieval.search import search
+    from lab.utils.console import console
 
     index = load_index(args.index)
     queries = [Path(p).expanduser() for p in args.images]
@@ -288,10 +288,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from lab.console import console
     from lab.errors import ConfigError
     from lab.retrieval.files import list_images
     from lab.retrieval.index import load_index
+    from lab.utils.console import console
 
     index = load_index(args.index)
     if not any(label >= 0 for label in index.labels):
@@ -377,8 +377,8 @@ def _metrics(queries, query_labels, gallery, gallery_labels, in_gallery) -> tupl
     over the queries counted (those with at least one relevant gallery image)."""
     import torch
 
-    from lab.console import console
     from lab.metrics.retrieval import retrieval_metrics
+    from lab.utils.console import console
 
     def counted_of(labels: torch.Tensor, ref_labels: torch.Tensor, minus_self: bool) -> int:
         r = (labels[:, None] == ref_labels[None, :]).sum(1) - int(minus_self)
@@ -424,8 +424,8 @@ def _metrics(queries, query_labels, gallery, gallery_labels, in_gallery) -> tupl
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; user errors are one `error:` line and status 2."""
     args = build_parser().parse_args(argv)
-    from lab.console import print_error
     from lab.errors import LabError
+    from lab.utils.console import print_error
 
     try:
         return args.func(args)

@@ -22,14 +22,14 @@ def _quiet_env(monkeypatch):
 
 def compose(overrides: list[str], output_dir: Path | None = None):
     """The config `python -m lab.run <overrides>` would see, with Hydra's runtime filled in."""
-    from lab.compose import compose as compose_config
+    from lab.config.compose import compose as compose_config
 
     return compose_config(overrides, output_dir)
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
     """lab.run.train on a composed config, in this process (no re-import of torch)."""
-    from lab.compose import compose as compose_config
+    from lab.config.compose import compose as compose_config
     from lab.run import train
 
     return train(compose_config(overrides, output_dir, drop_hydra=True))

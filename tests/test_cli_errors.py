@@ -52,7 +52,7 @@ def test_bad_numbers_fail_before_any_data_or_model_is_built(tmp_path):
     import pytest
 
     from lab.errors import ConfigError
-    from lab.validate import check_config
+    from lab.config.checks import check_config
     from tests.conftest import compose
 
     cases = {

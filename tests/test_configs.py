@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lab.paths import config_dir
+from lab.config.paths import config_dir
 from tests.conftest import ROOT, compose
 
 CONF = Path(config_dir())
@@ -65,7 +65,7 @@ SWEEP_TARGETS = {
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
 def test_sweep_matches_its_study(sweep):
-    from lab.sweeps import check_sweep
+    from lab.config.sweep_checks import check_sweep
 
     assert sweep in SWEEP_TARGETS, f"add conf/sweep/{sweep}.yaml's study to SWEEP_TARGETS"
     params = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
@@ -75,7 +75,7 @@ def test_sweep_matches_its_study(sweep):
 
 def test_sweep_without_its_knob_is_refused_in_one_line():
     from lab.errors import ConfigError
-    from lab.sweeps import check_sweep
+    from lab.config.sweep_checks import check_sweep
 
     with pytest.raises(ConfigError, match="sweep=momentum sets optimizer.momentum, which this config"):
         check_sweep(["-m", "sweep=momentum", "optimizer=adam"], str(CONF))

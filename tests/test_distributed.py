@@ -29,7 +29,7 @@ SPLIT_SIZE = 279
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("n", [0, 1, 7, 270, 279])
 def test_eval_shards_cover_every_sample_exactly_once(n, world):
-    from lab.distributed import eval_shard
+    from lab.train.distributed import eval_shard
 
     parts = [range(*eval_shard(n, rank, world)) for rank in range(world)]
     assert [i for part in parts for i in part] == list(range(n))  # disjoint, in order, no padding
@@ -176,7 +176,7 @@ def test_batch_transform_epochs_and_ranks_draw_their_own_streams():
 
 # --- the launcher: one folder per job ---------------------------------------------------
 def test_rank_zero_is_read_from_the_launch_environment(monkeypatch):
-    from lab.distributed import is_rank_zero
+    from lab.train.distributed import is_rank_zero
 
     for key in ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         monkeypatch.delenv(key, raising=False)
@@ -194,7 +194,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lab import distributed
+    from lab.train import distributed
 
     job_dir = tmp_path / "multiruns" / "sweep, with odd=chars" / "1"
     cfg = compose(["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.name=run", "hydra.job.chdir=false"])
@@ -226,7 +226,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
 
 
 def test_a_later_multirun_job_starts_its_own_processes(monkeypatch):
-    from lab import distributed
+    from lab.train import distributed
 
     keys = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     monkeypatch.setattr(distributed, "_ENV_AT_START", dict.fromkeys(keys))
@@ -247,7 +247,7 @@ def test_trainer_configs(tmp_path):
     from lightning.fabric.strategies.launchers import subprocess_script
     from lightning.pytorch.strategies import DDPStrategy
 
-    from lab import distributed
+    from lab.train import distributed
     from lab.build import build_trainer
 
     gpu = compose(["trainer=gpu", "trainer.max_epochs=5"], output_dir=tmp_path).trainer
@@ -346,7 +346,7 @@ def test_ddp_run_leaves_one_folder(ddp_run):
 
 def test_ddp_eval_gives_the_single_process_metrics(ddp_run, tmp_path):
     from lab.eval import evaluate
-    from lab.from_checkpoint import prepare
+    from lab.train.from_checkpoint import prepare
     from tests.test_predict_eval import run_module
 
     run = next((ddp_run["base"] / "outputs" / "runs").iterdir())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.paths import config_dir
+from lab.config.paths import config_dir
 from tests.conftest import run_in_process
 from tests.fixtures import make_cifar10, make_cifar100, make_image_folder, make_tiny_imagenet
 from tests.test_data import make_fake_mnist

@@ -1,5 +1,5 @@
 """Sweeps through Hydra's launcher and sweeper plugins, as a user types them: submitit_local,
-joblib, an Optuna study with a failing trial, SLURM up to sbatch; lab.sweep_status's checks.
+joblib, an Optuna study with a failing trial, SLURM up to sbatch; lab.results.sweep_status's checks.
 
 Each job of a subprocess launcher imports torch afresh (5-10 s on 2 cores), so the sweeps are
 short: 1 epoch of 2 batches on digits.
@@ -154,7 +154,7 @@ def test_launcher_configs_keep_lab_job_folders(tmp_path):
     for launcher in ("submitit_local", "joblib", "slurm"):
         cfg = compose([f"hydra/launcher={launcher}"])
         assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "${hydra.job.num}"
-        assert cfg.hydra.callbacks.sweep_status._target_ == "lab.sweep_status.SweepStatus"
+        assert cfg.hydra.callbacks.sweep_status._target_ == "lab.results.sweep_status.SweepStatus"
     cfg = compose(["hparams_search=optuna"])
     sweeper = cfg.hydra.sweeper
     assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0 and sweeper.n_jobs == 1
@@ -164,7 +164,7 @@ def test_launcher_configs_keep_lab_job_folders(tmp_path):
 
 def test_sweep_status_counts_only_this_sweeps_errors(tmp_path):
     """error.json older than the sweep's start (an earlier sweep into the same folder) is not a failure."""
-    from lab.sweep_status import failed_jobs
+    from lab.results.sweep_status import failed_jobs
 
     for num in range(3):
         (tmp_path / str(num) / ".hydra").mkdir(parents=True)
@@ -177,6 +177,6 @@ def test_sweep_status_counts_only_this_sweeps_errors(tmp_path):
 
 
 def test_importing_the_callback_is_light():
-    code = "import sys, lab.sweep_status; print(any(m in sys.modules for m in ('torch', 'lightning', 'lab.run')))"
+    code = "import sys, lab.results.sweep_status; print(any(m in sys.modules for m in ('torch', 'lightning', 'lab.run')))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -34,7 +34,7 @@ def test_installed_copy_finds_its_configs(tmp_path):
     assert (target / "lab" / "conf" / "experiment" / "cnn_fashionmnist.yaml").exists()
     assert (target / "hydra_plugins" / "lab_sweeper" / "lab_sweeper.py").exists()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import lab.paths; print(lab.paths.config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import lab.config.paths; print(lab.config.paths.config_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
     assert where.stdout.strip() == str(target / "lab" / "conf"), where.stderr
     cfg = subprocess.run([sys.executable, "-m", "lab.run", "--cfg", "job", "experiment=cnn_fashionmnist"],

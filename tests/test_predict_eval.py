@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
 
 
 def _prepare(trained, args: list[str], out: Path):
-    from lab.from_checkpoint import prepare
+    from lab.train.from_checkpoint import prepare
 
     return prepare([f"ckpt_path={trained['best']}", *args, f"paths.output_dir={out}"], ["splits", "name"], "lab.eval")
 
@@ -114,7 +114,7 @@ def test_entry_configs_compose(entry, folder, tmp_path):
     """conf/eval.yaml and conf/predict.yaml: their own keys, and a new folder under outputs/<folder>/."""
     from hydra import compose, initialize_config_dir
 
-    from lab.paths import config_dir
+    from lab.config.paths import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name=entry, overrides=["ckpt_path=x.ckpt", "name=digits_small_cnn"],
@@ -128,7 +128,7 @@ def test_init_from_starts_from_the_checkpoints_weights(trained, tmp_path):
     import torch
 
     from lab.build import build_parts
-    from lab.checkpoints import init_weights
+    from lab.runs.checkpoints import init_weights
     from tests.conftest import compose
 
     cfg = compose([f"init_from={trained['best']}"], output_dir=tmp_path / "unit")
@@ -209,7 +209,7 @@ def test_bad_command_lines_stop_before_anything_is_written(trained, tmp_path):
 
 def test_error_lines_keep_brackets(capsys):
     """Messages name lists like [train, val]: printed as text, not swallowed as rich markup."""
-    from lab.console import print_error
+    from lab.utils.console import print_error
 
     print_error("data.train_on must be [train] or [train, val], got ['val']")
     assert "must be [train] or [train, val], got ['val']" in capsys.readouterr().out

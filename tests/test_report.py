@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import report
-from lab.report import ReportError, build_table, expand_overrides, load_sweep, main
+from lab.results import report
+from lab.results.report import ReportError, build_table, expand_overrides, load_sweep, main
 from tests.conftest import ROOT
 
 METRICS = {"val/loss": 0.5, "val/top1": 0.8, "val/top5": 0.99, "val/top1_best": 0.81, "test/loss": 0.55,
@@ -335,7 +335,7 @@ def test_plot_with_nothing_varying_writes_nothing(tmp_path, capsys):
 
 
 def test_importing_the_entry_point_is_light():
-    code = ("import sys, lab.report; heavy = [m for m in ('torch', 'lightning', 'matplotlib', 'tensorboard', "
+    code = ("import sys, lab.results.report; heavy = [m for m in ('torch', 'lightning', 'matplotlib', 'tensorboard', "
             "'hydra', 'rich') if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

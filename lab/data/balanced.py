@@ -27,7 +27,7 @@ class ClassBalancedBatchSampler:
 
     def __init__(self, labels: torch.Tensor, batch_size: int, samples_per_class: int, seed: int = 0,
                  as_list: bool = False, rank: int = 0, world_size: int = 1) -> None:
-        from lab.distributed import EpochHook
+        from lab.train.distributed import EpochHook
 
         labels = torch.as_tensor(labels).long().cpu()
         k = int(samples_per_class)

@@ -53,7 +53,7 @@ class TensorBatchLoader:
         train: bool | None = None,
         on_epoch=None,
     ) -> None:
-        from lab.distributed import EpochHook, eval_shard, train_shard_size
+        from lab.train.distributed import EpochHook, eval_shard, train_shard_size
 
         if images.dtype != torch.uint8:
             raise TypeError(f"images must be uint8, got {images.dtype}")
@@ -120,7 +120,7 @@ class TensorBatchLoader:
 def shard_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
     """Training indices of `rank` for `epoch`: every rank cuts the same permutation (seeded with
     seed + epoch, or 0..n-1 unshuffled) into equal, disjoint, strided parts."""
-    from lab.distributed import train_shard_size
+    from lab.train.distributed import train_shard_size
 
     if shuffle:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
@@ -140,7 +140,7 @@ class ShardSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, train: bool, shuffle: bool = False, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> None:
-        from lab.distributed import eval_shard, train_shard_size
+        from lab.train.distributed import eval_shard, train_shard_size
 
         self.n, self.train, self.shuffle, self.seed = int(n), bool(train), bool(shuffle), int(seed)
         self.rank, self.world_size = int(rank), max(int(world_size), 1)
@@ -349,7 +349,7 @@ class InMemoryClassificationData(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool):
         """A loader of `split` for this process: its DDP shard (the whole split in one process)."""
-        from lab.distributed import rank_and_world
+        from lab.train.distributed import rank_and_world
 
         self._ensure_loaded()
         images, labels = self.splits[split]
@@ -411,7 +411,7 @@ class InMemoryClassificationData(L.LightningDataModule):
 
     def _set_transform_epoch(self, epoch: int) -> None:
         """The epoch of the next train batches, and the train augmentation's stream for it."""
-        from lab.distributed import rank_and_world
+        from lab.train.distributed import rank_and_world
 
         self.epoch = int(epoch)
         if self.splits:
@@ -467,7 +467,7 @@ def _check_train_on(train_on: Sequence[str] | str) -> list[str]:
                           "train on [train, val] at most")
     if "train" not in names or set(names) - {"train", "val"}:
         raise ConfigError(f"data.train_on must be [train] or [train, val], got {names}")
-    from lab.distributed import is_rank_zero
+    from lab.train.distributed import is_rank_zero
 
     if "val" in names and is_rank_zero():  # once, not once per DDP process
         print("warning: data.train_on includes val: it is trained on, so val/* metrics and the best-checkpoint "

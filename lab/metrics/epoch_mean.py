@@ -24,7 +24,7 @@ class EpochMean(Metric):
 
     def update(self, value: torch.Tensor, weight: int | float | torch.Tensor = 1) -> None:
         """Adds `value`'s elements, each weighing `weight`: a number, or a tensor that broadcasts
-        to value's shape (per-element weights: lab.metrics.pending's batched form)."""
+        to value's shape (per-element weights)."""
         # in place (no nn.Module attribute assignment)
         value = value.detach().float()
         if isinstance(weight, torch.Tensor):

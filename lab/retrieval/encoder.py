@@ -152,8 +152,8 @@ class Encoder:
             TimeRemainingColumn,
         )
 
-        from lab.console import console
         from lab.retrieval.search import normalize
+        from lab.utils.console import console
 
         dataset = _Files(list(paths), self.preprocess)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
@@ -243,7 +243,7 @@ def encoder_from_index(backbone: dict[str, Any], preprocess: dict[str, Any], wei
     from the one recorded gives a warning (the features would not be comparable)."""
     from rich.markup import escape
 
-    from lab.console import console
+    from lab.utils.console import console
 
     kind = backbone.get("kind")
     if kind == "checkpoint":
@@ -273,7 +273,7 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
     head = "fc." if arch.startswith("resnet") else "classifier.6."
     info: dict[str, Any] = {"kind": "torchvision", "arch": arch}
     if weights:
-        from lab.checkpoints import checkpoint_file, read_checkpoint, state_dict_of
+        from lab.runs.checkpoints import checkpoint_file, read_checkpoint, state_dict_of
 
         path = checkpoint_file(weights, "--weights").resolve()
         state = state_dict_of(read_checkpoint(path, "--weights"), path, "--weights")
@@ -292,7 +292,7 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
     else:
         net.classifier[6] = nn.Identity()
         info["feature_dim"] = 4096
-    from lab.checkpoints import load_weights
+    from lab.runs.checkpoints import load_weights
 
     state = {k: v for k, v in state.items() if not k.startswith(head)}  # the classifier head is not used
     load_weights(net, state, weights or "the ImageNet weights", "--weights" if weights else "--backbone",
@@ -318,12 +318,12 @@ def _imagenet_weights(arch: str) -> dict:
 
 
 def _checkpoint_encoder(path: Path, image_size: int | None, model_inputs: dict[str, Any] | None = None) -> Encoder:
-    """A lab run's model from <run>/checkpoints/<name>.ckpt and the run's config (lab.checkpoints
+    """A lab run's model from <run>/checkpoints/<name>.ckpt and the run's config (lab.runs.checkpoints
     reads both: weights_only loading, strict key matching, one-line errors)."""
     import torch
     from omegaconf import OmegaConf
 
-    from lab.checkpoints import checkpoint_file, find_run_config, load_weights, read_checkpoint, run_dir_of
+    from lab.runs.checkpoints import checkpoint_file, find_run_config, load_weights, read_checkpoint, run_dir_of
 
     path = checkpoint_file(path, "--checkpoint").resolve()
     resolved = run_dir_of(path) / "config.yaml"  # lab's resolved copy: the run's own absolute data paths
@@ -378,7 +378,7 @@ def _run_data(cfg, state: dict, ckpt: dict, image_size: int | None) -> tuple[dic
     from hydra.utils import instantiate
     from rich.markup import escape
 
-    from lab.console import console
+    from lab.utils.console import console
 
     try:
         datamodule = instantiate(cfg.data, seed=cfg.get("seed", 0), _convert_="all")

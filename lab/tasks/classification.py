@@ -8,12 +8,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MaxMetric
 
 from lab.errors import ConfigError
 from lab.metrics.accuracy import TopKAccuracy
 from lab.metrics.epoch_mean import EpochMean
-from lab.metrics.pending import PendingUpdates
 from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
@@ -53,13 +51,10 @@ class ClassificationTask(Task):
     """Wraps any nn.Module that maps images to class logits.
 
     `optimizer` is a partial taking the parameters; `scheduler` a partial taking the
-    optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top5}, val/top1_best,
+    optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top5}, <objective>_best,
     train/lr. Accuracies are micro averages (fraction of samples) in [0, 1].
     validation_step and test_step return predictions and targets, which callbacks
-    (the confusion matrix) read without a second forward pass. Steps hand their metric inputs
-    over in batches (`defer`): a callback that reads the metric objects themselves in its
-    epoch-end hook, which Lightning runs before the module's, calls `flush(f"{split}/")` first;
-    logged values are complete.
+    (the confusion matrix) read without a second forward pass.
     """
 
     def __init__(
@@ -71,11 +66,11 @@ class ClassificationTask(Task):
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
         top_k: int = 5,
-        scheduler_monitor: str = "val/top1",
+        objective: Any = None,
         channels_last: bool = False,
         loss: str = "cross_entropy",
     ) -> None:
-        super().__init__()
+        super().__init__(objective)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
         if not 1 <= int(top_k) <= num_classes:
@@ -86,7 +81,6 @@ class ClassificationTask(Task):
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        self.scheduler_monitor = scheduler_monitor
         self.criterion = make_loss(loss, float(label_smoothing))
         self.top_k = int(top_k)
         self.channels_last = bool(channels_last)
@@ -97,11 +91,9 @@ class ClassificationTask(Task):
         self.test_acc = TopKAccuracy((1, self.top_k), prefix="test/")
         # val/test loss as a sample-weighted mean whose sums are synced across DDP processes:
         # with each sample on exactly one rank, N processes give the single-process value.
-        # Each metric's per-step inputs, passed on in batches (defer): the accuracies under
-        # {split}/topk, the epoch means of `track` ({split}/loss, ...) under their own keys.
-        self._pending: dict[str, PendingUpdates] = {}
-        self.val_top1_best = MaxMetric()
-        self.best_epoch: int | None = None  # epoch of the best val/top1 (metrics.json: best_epoch)
+        # The epoch means of `track` ({split}/loss, ...), made on first use on the task's device
+        # (metric states are not checkpointed).
+        self._means: dict[str, EpochMean] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -121,60 +113,44 @@ class ClassificationTask(Task):
         return loss, logits, y
 
     # --- epoch metrics ----------------------------------------------------------------
-    # Steps only hand their tensors to the metrics, which add them to device-side sums in
-    # batches of steps (lab.metrics.pending): no host sync, and no Lightning `self.log` per
-    # step, which costs about a millisecond per call on 2 CPU cores. Each epoch's values are
-    # computed once (synced across DDP processes), logged and reset in the epoch-end hooks.
+    # Steps only add their tensors to device-side sums (torchmetrics states): no host sync,
+    # and no Lightning `self.log` per step. Each epoch's values are computed once (synced
+    # across DDP processes), logged and reset in the epoch-end hooks.
     def defer(self, key: str, metric, *args: torch.Tensor) -> None:
-        """`metric.update(*args)`, held with other steps' and made in one batch: read the metric
-        after `flush(key)` (the epoch-end hooks and running_mean do)."""
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = self._pending[key] = PendingUpdates(metric)
-        pending.add(*args)
-
-    def flush(self, prefix: str) -> None:
-        """Makes the held updates of every metric whose key starts with `prefix`."""
-        for key, pending in self._pending.items():
-            if key.startswith(prefix):
-                pending.flush()
+        """`metric.update(*args)` (`key` names it for subclasses that route updates)."""
+        metric.update(*args)
 
     def track(self, key: str, value: torch.Tensor, weight: int) -> None:
         """Adds one batch's `value`, weighted by its `weight` samples, to the epoch mean `key`."""
-        pending = self._pending.get(key)
-        if pending is None:
-            # Made on the first batch, on the task's device (metric states are not checkpointed).
-            pending = self._pending[key] = PendingUpdates(EpochMean().to(self.device))
+        metric = self._means.get(key)
+        if metric is None:
+            metric = self._means[key] = EpochMean().to(self.device)
         value = value.detach()
         if value.ndim:  # each element weighs `weight`: as their mean, weighing them all
             value, weight = value.float().mean(), weight * value.numel()
-        else:  # held until the next flush: a copy, since hooks get the loss itself and may change it in place
-            value = value.clone()
-        pending.add(value, weight)
+        metric.update(value, weight)
 
     def running_mean(self, key: str) -> float | None:
         """This process's mean of `key` so far this epoch (no DDP sync: for the progress bar)."""
-        pending = self._pending.get(key)
-        if pending is None:
-            return None
-        pending.flush()
-        metric = pending.metric
-        if not metric.update_called:
+        metric = self._means.get(key)
+        if metric is None or not metric.update_called:
             return None
         return float(metric.total / metric.weight)
 
-    def log_epoch_metrics(self, split: str, metrics: TopKAccuracy | None = None) -> None:
-        """Logs, then resets, the epoch means named `{split}/...` and the accuracies `metrics`."""
-        self.flush(f"{split}/")
-        for key, pending in self._pending.items():
-            metric = pending.metric
+    def log_epoch_metrics(self, split: str, metrics: TopKAccuracy | None = None) -> dict[str, torch.Tensor]:
+        """Logs, then resets, the epoch means named `{split}/...` and the accuracies `metrics`;
+        returns what it logged."""
+        logged: dict[str, torch.Tensor] = {}
+        for key, metric in self._means.items():
             if key.startswith(f"{split}/") and isinstance(metric, EpochMean) and metric.update_called:
-                self.log(key, metric.compute(), prog_bar=key == "train/loss")
+                logged[key] = metric.compute()
                 metric.reset()
         if metrics is not None and metrics.update_called:
-            for key, value in metrics.compute().items():
-                self.log(key, value, prog_bar=key == "val/top1")
+            logged.update(metrics.compute())
             metrics.reset()
+        for key, value in logged.items():
+            self.log(key, value, prog_bar=key in ("train/loss", "val/top1"))
+        return logged
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, _, _ = self._shared_step(batch, "train", self.train_acc)
@@ -195,10 +171,6 @@ class ClassificationTask(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         return {"probs": self(x).float().softmax(dim=1), "target": y}
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count towards the best score.
-        self.val_top1_best.reset()
-
     def on_train_epoch_start(self) -> None:
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         # Equal on every DDP process, so not synced: a synced value is reduced lazily, by whoever
@@ -206,13 +178,7 @@ class ClassificationTask(Task):
         self.log("train/lr", float(lr), on_step=False, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        self.flush("val/")
-        top1 = self.val_acc.compute()["val/top1"]
-        if not self.trainer.sanity_checking and (self.best_epoch is None or top1 > self.val_top1_best.compute()):
-            self.best_epoch = self.current_epoch
-        self.val_top1_best.update(top1)
-        self.log("val/top1_best", self.val_top1_best.compute(), prog_bar=True)  # equal on all ranks: not synced
-        self.log_epoch_metrics("val", self.val_acc)
+        self.record_best(self.log_epoch_metrics("val", self.val_acc))
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_metrics("train", self.train_acc)
@@ -235,6 +201,6 @@ class ClassificationTask(Task):
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
-                "scheduler": scheduler, "monitor": self.scheduler_monitor, "interval": interval, "frequency": 1
+                "scheduler": scheduler, "monitor": self.objective.metric, "interval": interval, "frequency": 1
             },
         }

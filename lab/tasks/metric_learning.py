@@ -185,7 +185,7 @@ class MetricLearningTask(ClassificationTask):
         feats = torch.cat([f for f, _ in parts])
         labels = torch.cat([y for _, y in parts])
         if self.trainer.world_size > 1:
-            from lab.distributed import gather_shards
+            from lab.train.distributed import gather_shards
 
             feats, labels = gather_shards(feats, self.device), gather_shards(labels, self.device)
         if len(feats) < 2:

@@ -23,23 +23,23 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanSquaredError, MetricCollection, MinMetric, R2Score
+from torchmetrics import MeanSquaredError, MetricCollection, R2Score
 
 from lab.errors import ConfigError
 from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
-MONITORS = ("val/mse", "val/r2", "val/mse_best")
+MONITORS = ("val/mse", "val/r2")  # what task.objective.metric may name
 
 
 class RegressionTask(Task):
     """Wraps any nn.Module mapping x [N, d] to y [N, k], trained full-batch.
 
     `optimizer` is a partial taking the parameters; `scheduler` a partial taking the
-    optimizer (or None): a ReduceLROnPlateau is stepped after each validation on
-    `scheduler_monitor`, any other schedule after every study epoch. Metric keys:
+    optimizer (or None): a ReduceLROnPlateau is stepped after each validation on the
+    objective, any other schedule after every study epoch. Metric keys:
     train/mse (of the last step in each chunk), train/lr, val/mse, val/r2,
-    val/mse_best, test/mse, test/r2. R^2 is 1 - SS_res / SS_tot over the split.
+    <objective>_best (val/mse_best), test/mse, test/r2. R^2 is 1 - SS_res / SS_tot over the split.
     """
 
     def __init__(
@@ -48,24 +48,23 @@ class RegressionTask(Task):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         chunk: int = 250,
-        scheduler_monitor: str = "val/mse",
+        objective: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(objective if objective is not None else {"metric": "val/mse", "mode": "min"})
         if int(chunk) < 1:
             raise ConfigError(f"task.chunk must be a positive number of epochs, got {chunk}")
-        if scheduler_monitor not in MONITORS:
-            raise ConfigError(f"task.scheduler_monitor must be one of {', '.join(MONITORS)}, got {scheduler_monitor!r}")
+        if self.objective.metric not in MONITORS:
+            raise ConfigError(f"task.objective.metric must be one of {', '.join(MONITORS)} for regression, "
+                              f"got {self.objective.metric!r}")
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.automatic_optimization = False
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.chunk = int(chunk)
-        self.scheduler_monitor = scheduler_monitor
         self.criterion = nn.MSELoss()
         self.val_metrics = MetricCollection({"mse": MeanSquaredError(), "r2": R2Score()}, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
-        self.val_mse_best = MinMetric()
         self.max_study_epochs: int | None = None
         self._translated_for: int | None = None
 
@@ -75,7 +74,13 @@ class RegressionTask(Task):
     @property
     def epochs_completed(self) -> int:
         """Study epochs (full-batch optimizer steps) done so far."""
-        return int(self.trainer.global_step) if self._trainer is not None else 0
+        try:
+            return int(self.trainer.global_step)
+        except RuntimeError:  # not attached to a Trainer yet
+            return 0
+
+    def epoch_position(self) -> int:
+        return self.epochs_completed
 
     # --- epochs: study -> Lightning ----------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -154,20 +159,13 @@ class RegressionTask(Task):
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._evaluate(batch, self.test_metrics)
 
-    def on_train_start(self) -> None:
-        # The sanity-check validation must not count towards the best score.
-        self.val_mse_best.reset()
-
     def on_validation_epoch_end(self) -> None:
-        mse = self.val_metrics["mse"].compute()
-        self.val_mse_best.update(mse)
-        best = self.val_mse_best.compute()
-        self.log("val/mse_best", best)
+        values = {"val/mse": self.val_metrics["mse"].compute(), "val/r2": self.val_metrics["r2"].compute()}
+        self.record_best(values)
         self._log_position()
         scheduler = self.lr_schedulers()
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.trainer.sanity_checking:
-            values = {"val/mse": mse, "val/r2": self.val_metrics["r2"].compute(), "val/mse_best": best}
-            scheduler.step(values[self.scheduler_monitor])
+            scheduler.step(values[self.objective.metric])
 
     def on_test_epoch_end(self) -> None:
         self._log_position()
@@ -184,5 +182,5 @@ class RegressionTask(Task):
         if self.scheduler_factory is None:
             return optimizer
         # Manual optimization: the task steps the schedule itself (per study epoch, or on
-        # scheduler_monitor after each validation), so Lightning gets no interval or monitor.
+        # objective after each validation), so Lightning gets no interval or monitor.
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer=optimizer)}

@@ -21,7 +21,7 @@ def compose(overrides: list[str], output_dir: str | Path | None = None, drop_hyd
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lab.paths import config_dir
+    from lab.config.paths import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)

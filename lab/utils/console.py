@@ -13,7 +13,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-from lab.distributed import is_rank_zero, rank_prefix
+from lab.train.distributed import is_rank_zero, rank_prefix
 
 console = Console(quiet=not is_rank_zero())
 _errors = Console()  # errors: every rank

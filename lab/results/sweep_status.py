@@ -39,7 +39,7 @@ class SweepStatus(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
         if not _is_optuna(config):
-            return  # the basic sweeper checks its jobs (lab.sweeps, Hydra) and writes multirun.yaml itself
+            return  # the basic sweeper checks its jobs (lab.config.sweep_checks, Hydra) and writes multirun.yaml itself
         problem = optuna_problem(config)
         if problem:
             _fail(problem, status=2)
@@ -123,7 +123,7 @@ def failed_jobs(sweep_dir: Path, since: float = 0.0) -> list[tuple[str, str]]:
 def _fail(message: str, status: int) -> None:
     """Print `error: <message>` and exit: SystemExit passes through Hydra's callback wrapper,
     which turns any Exception into a warning."""
-    from lab.console import print_error
+    from lab.utils.console import print_error
 
     print_error(message)
     sys.stdout.flush()

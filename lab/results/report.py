@@ -172,7 +172,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
     return Sweep(path, jobs, command, note)
 
 
-# A sweep folder holds multirun.yaml (Hydra's basic sweeper, or lab.sweep_status for any other);
+# A sweep folder holds multirun.yaml (Hydra's basic sweeper, or lab.results.sweep_status for any other);
 # an Optuna sweep made without lab's callback holds only optimization_results.yaml, once it ended.
 _SWEEP_MARKERS = ("multirun.yaml", "optimization_results.yaml")
 _OPTUNA_TARGET = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -278,7 +278,7 @@ def _config_dir(hydra_cfg: dict) -> str:
     for source in (hydra_cfg.get("runtime") or {}).get("config_sources") or []:
         if source.get("provider") == "main" and source.get("schema") == "file" and Path(source["path"]).is_dir():
             return source["path"]
-    from lab.paths import config_dir
+    from lab.config.paths import config_dir
 
     return config_dir()
 
@@ -769,7 +769,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write table.md/table.csv (and plots); bad input: one line, status 2."""
     args = _parser().parse_args(argv)
-    from lab.console import console, print_error
+    from lab.utils.console import console, print_error
 
     try:
         path = Path(args.sweep) if args.sweep else latest_sweep()

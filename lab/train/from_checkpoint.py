@@ -21,8 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lab.config.overrides import quote
+from lab.config.paths import config_dir
 from lab.errors import ConfigError, LabError
-from lab.paths import config_dir
 
 PATH_KEYS = ("ckpt_path", "run_dir")  # taken raw: checkpoint names may hold '=' (Lightning's epoch=3-step=9.ckpt)
 _ABSENT = object()
@@ -43,10 +44,6 @@ class Job:
 
 
 _PREPARED: Job | None = None  # handed from __main__ to the Hydra job (Hydra only sees the entry's own keys)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _parse(token: str):
@@ -78,7 +75,7 @@ def split_argv(argv: Sequence[str], own_keys: Sequence[str]) -> tuple[list[str],
             if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":
                 raw = raw[1:-1]
             own[key] = raw
-            hydra_argv.append(f"{key}={_quote(raw)}")
+            hydra_argv.append(f"{key}={quote(raw)}")
         elif key in own_keys:
             override = _parse(token)
             if override.is_sweep_override():
@@ -180,7 +177,7 @@ def prepare(argv: Sequence[str], own_keys: Sequence[str], entry: str,
     """Read the command line, find the checkpoint's run, load its config and apply the overrides.
 
     `check` validates the entry's own keys here, before Hydra creates the output folder."""
-    from lab.checkpoints import checkpoint_file, find_run_config, rebase_output_dir
+    from lab.runs.checkpoints import checkpoint_file, find_run_config, rebase_output_dir
 
     hydra_argv, own, overrides = split_argv(argv, [*PATH_KEYS, *own_keys])
     if check is not None:
@@ -213,13 +210,13 @@ def launch(entry: str, own_keys: Sequence[str], help_text: str, hydra_main: Call
            check: Callable[[dict[str, Any]], None] | None = None) -> None:
     """`python -m lab.eval|lab.predict ...`: prepare the job, then let Hydra create the folder and run it."""
     global _PREPARED
-    from lab.run import _quote_formulas
+    from lab.config.overrides import quote_formulas
 
-    argv = _quote_formulas(sys.argv[1:])
+    argv = quote_formulas(sys.argv[1:])
     if any(arg in ("--help", "-h") for arg in argv):
         print(help_text, end="")
         sys.exit(0)
-    from lab.console import print_error
+    from lab.utils.console import print_error
 
     try:
         if any(a in ("-m", "--multirun") for a in argv):
@@ -245,8 +242,8 @@ def run_job(body: Callable[[Job, Path], Any]) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
 
-    from lab.console import print_error
     from lab.run import user_error
+    from lab.utils.console import print_error
 
     job = _PREPARED
     if job is None:
@@ -254,8 +251,8 @@ def run_job(body: Callable[[Job, Path], Any]) -> Any:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if job.argv:
         # DDP: rank > 0 processes re-run the user's whole command line (Hydra only saw the entry's
-        # own keys), into this job's folder (lab.distributed adds hydra.run.dir).
-        from lab.distributed import set_child_args
+        # own keys), into this job's folder (lab.train.distributed adds hydra.run.dir).
+        from lab.train.ddp_launch import set_child_args
 
         set_child_args(job.argv[1:])
     try:

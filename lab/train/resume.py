@@ -28,6 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lab.config.overrides import key_of as _key
+from lab.config.overrides import quote as _quote
+from lab.config.overrides import value_of as _value
 from lab.errors import ResumeError
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -35,27 +38,6 @@ EXTENDABLE = ("trainer.max_epochs",)  # what resume= accepts besides the folder
 SWEEP_ENV = "LAB_RESUME_SWEEP"
 RECORD_PREFIX = "resume_"  # .hydra/resume_<k>/: Hydra's copies for the k-th continuation
 _SKIP_KEYS = ("resume", "resume_sweep")
-
-
-def _quote(value: str | Path) -> str:
-    """A path as a Hydra override value: as it is when plain, else quoted (':', '=', ',', spaces)."""
-    text = str(value)
-    if text and all(c.isalnum() or c in "/._-" for c in text):
-        return text
-    if "'" in text or "\\" in text:
-        raise ResumeError(f"{text}: lab cannot pass a folder whose path holds ' or \\ to Hydra; rename it")
-    return f"'{text}'"
-
-
-def _value(token: str) -> str:
-    raw = token.split("=", 1)[1]
-    if len(raw) > 1 and raw[0] == raw[-1] and raw[0] in "'\"":
-        raw = raw[1:-1]
-    return raw
-
-
-def _key(token: str) -> str:
-    return token.lstrip("+~").split("=", 1)[0]
 
 
 def next_record(folder: Path) -> str:

@@ -1,0 +1,1 @@
+"""Results: reading a sweep, its table, its plots, and the sweep status Hydra reports."""
