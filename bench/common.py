@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the Fashion-MNIST files, lab's config as a job sees it,
-and a way to time (and watch) the `trainer.fit` inside `lab.run.train`."""
+and a way to time (and watch) the `trainer.fit` inside `lab.train.fit.train`."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ tensors, the same seeded order), the same augmentation and normalisation (lab's 
 transform), AdamW with the same per-step warmup-cosine schedule, channels-last, and a
 validation pass over the 5,000 val images after every epoch.
 
-- lab: `lab.run.train` on the config `python -m lab.run experiment=cnn_fashionmnist`
+- lab: `lab.train.fit.train` on the config `python -m lab.run experiment=cnn_fashionmnist`
   composes, everything at its defaults (progress bar, TensorBoard scalars, train/val
   top-1/top-5, best and last checkpoints, the val confusion matrix image every epoch).
   Timed: `trainer.fit`.
@@ -75,7 +75,7 @@ def as_plain_script():
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float]:
     """(trainer.fit seconds, final train/loss) of one lab run."""
-    from lab.run import train
+    from lab.train.fit import train
 
     with timed_fits() as fits:
         metrics = train(compose([*overrides, "test=false"], run_dir))
@@ -224,7 +224,7 @@ def run_interleaved(overrides: list[str], run_dir: Path, steps: int | None, chun
     import lightning as L
     import torch
 
-    from lab.run import train
+    from lab.train.fit import train
 
     plain_result: dict = {}
     plain = plain_loop(overrides, steps, chunk, plain_result)

@@ -4,7 +4,7 @@ Both do the same N full-batch Adam steps (default 1,000) of the 1-64-64-1 sigmoi
 the same 1,000 points of f2, from the same initial weights (seed 42, built by the same
 code), in this one process, alternating:
 
-- lab: lab.run.train, the function `python -m lab.run experiment=mlp_function` runs, on
+- lab: lab.train.fit.train, the function `python -m lab.run experiment=mlp_function` runs, on
   the config that command composes, with logging, checkpoints, the progress bar and
   the curve images at their defaults. Timed: trainer.fit (sanity check, training,
   validation, checkpoints, TensorBoard, plots, the final PNG). Also printed: lab.run's
@@ -44,7 +44,7 @@ OVERRIDES = ["experiment=mlp_function"]
 
 def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float, float, float]:
     """(trainer.fit seconds, its CPU seconds, lab.run's wall_time_s, final train/mse) of one lab run."""
-    from lab.run import train
+    from lab.train.fit import train
 
     with timed_fits(clocks=(time.perf_counter, time.process_time)) as fit_seconds:
         metrics = train(compose(overrides, run_dir))  # prints what `python -m lab.run` prints, progress bar included

@@ -53,7 +53,7 @@ def run_lab(args) -> float:
     """Seconds for the timed steps (after the warm-up) of a lab run."""
     import lightning as L
 
-    from lab.run import train
+    from lab.train.fit import train
 
     first, last = args.warmup, args.warmup + args.steps
     marks: dict[str, float] = {}

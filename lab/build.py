@@ -104,22 +104,6 @@ def trains_on_cuda(trainer_cfg: Any) -> bool:
     return torch.cuda.is_available()
 
 
-def cheap_cuda_probe_without_gpu() -> None:
-    """On a machine without a CUDA device, let torch answer "is there CUDA?" from its cache.
-
-    Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that looking for a GPU does
-    not initialise CUDA before a fork. torch's Adam and AdamW ask that question on every step;
-    under the variable each answer loads libnvidia-ml afresh (0.1 ms a step on 2 CPU cores; a
-    plain PyTorch script, which never imports Lightning, does not pay it). Without a CUDA
-    device there is nothing to protect, and torch's default check is answered once."""
-    import os
-
-    import torch
-
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
-        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
-
-
 def resolve_speed_defaults(trainer_cfg: Any) -> dict[str, Any]:
     """The trainer node with its `auto` speed settings decided for the device the run will use.
 
@@ -195,7 +179,6 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     # Lightning's sync_dist; its advice to add it would only add an all-reduce.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     reset_after_previous_job()  # the next job of a multirun starts its own DDP processes
-    cheap_cuda_probe_without_gpu()
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     # Built (so their settings are checked) but not handed over when they have nothing to do in
     # this run (viz off): Lightning calls every callback at every hook, ~40 calls a training step.

@@ -28,9 +28,9 @@ def compose(overrides: list[str], output_dir: Path | None = None):
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict:
-    """lab.run.train on a composed config, in this process (no re-import of torch)."""
+    """lab.train.fit.train on a composed config, in this process (no re-import of torch)."""
     from lab.config.compose import compose as compose_config
-    from lab.run import train
+    from lab.train.fit import train
 
     return train(compose_config(overrides, output_dir, drop_hydra=True))
 

@@ -51,8 +51,8 @@ def test_unknown_experiment_and_sweep_list_the_options_before_anything_is_writte
 def test_bad_numbers_fail_before_any_data_or_model_is_built(tmp_path):
     import pytest
 
-    from lab.errors import ConfigError
     from lab.config.checks import check_config
+    from lab.errors import ConfigError
     from tests.conftest import compose
 
     cases = {

@@ -74,8 +74,8 @@ def test_sweep_matches_its_study(sweep):
 
 
 def test_sweep_without_its_knob_is_refused_in_one_line():
-    from lab.errors import ConfigError
     from lab.config.sweep_checks import check_sweep
+    from lab.errors import ConfigError
 
     with pytest.raises(ConfigError, match="sweep=momentum sets optimizer.momentum, which this config"):
         check_sweep(["-m", "sweep=momentum", "optimizer=adam"], str(CONF))

@@ -247,8 +247,8 @@ def test_trainer_configs(tmp_path):
     from lightning.fabric.strategies.launchers import subprocess_script
     from lightning.pytorch.strategies import DDPStrategy
 
-    from lab.train import distributed
     from lab.build import build_trainer
+    from lab.train import distributed
 
     gpu = compose(["trainer=gpu", "trainer.max_epochs=5"], output_dir=tmp_path).trainer
     assert (gpu.accelerator, gpu.precision, gpu.benchmark, gpu.channels_last, gpu.max_epochs) == (

@@ -145,7 +145,7 @@ def _run(overrides: list[str], run_dir: Path, crash_at: tuple[int, int] | None =
     adds CrashAt to the job (not to the saved config, so a resume runs without it)."""
     from omegaconf import OmegaConf, open_dict
 
-    from lab.run import train
+    from lab.train.fit import train
 
     cfg = compose(overrides, run_dir)
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
