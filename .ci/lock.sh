@@ -23,7 +23,7 @@ py="$tmp/venv/bin/python"
 "$py" -m pip check
 
 # --all keeps pip, setuptools and wheel (the dev extra declares the last two); names are
-# written lower-case with '-' (PEP 503), sorted, one `name==version` a line.
+# written lower-case with '-' (PEP 503), sorted by name, one `name==version` a line.
 {
   cat <<EOF
 # requirements.lock: the exact environment of lab (runtime and the dev extra, torch and
@@ -36,12 +36,14 @@ py="$tmp/venv/bin/python"
 EOF
   "$py" -m pip freeze --all --exclude-editable --exclude lab | "$py" -c '
 import re, sys
+pins = {}
 for line in sys.stdin:
     name, sep, version = line.strip().partition("==")
     if not sep or not re.fullmatch(r"[A-Za-z0-9._-]+", name) or not re.fullmatch(r"[A-Za-z0-9.+!_-]+", version):
         sys.exit(f"lock.sh: not a name==version line: {line.strip()!r}")
-    print(re.sub(r"[-_.]+", "-", name).lower() + "==" + version)
-' | LC_ALL=C sort
+    pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+print("".join(f"{name}=={pins[name]}\n" for name in sorted(pins)), end="")
+'
 } > "$tmp/requirements.lock"
 mv "$tmp/requirements.lock" requirements.lock
 echo "requirements.lock: $(grep -vc '^#' requirements.lock) packages"

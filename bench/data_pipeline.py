@@ -20,7 +20,7 @@ import time
 import torch
 
 from lab.data.augment import BatchTransform, per_sample_transform
-from lab.data.memory import TensorBatchLoader, _SampleDataset
+from lab.data.loader import PerImageDataset, TensorBatchLoader
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
@@ -38,7 +38,7 @@ def fast_path(images: torch.Tensor, labels: torch.Tensor, batch: int) -> float:
 
 def pil_pipeline(images: torch.Tensor, labels: torch.Tensor, batch: int, workers: int) -> float:
     transform = per_sample_transform(MEAN, STD, train=True, image_size=(32, 32), crop_padding=4, hflip=True)
-    loader = torch.utils.data.DataLoader(_SampleDataset(images, labels, transform), batch_size=batch, shuffle=True,
+    loader = torch.utils.data.DataLoader(PerImageDataset(images, labels, transform), batch_size=batch, shuffle=True,
                                          num_workers=workers, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     seen = 0

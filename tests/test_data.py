@@ -12,7 +12,7 @@ import torch
 
 from lab.data.digits import DigitsDataModule
 from lab.data.idx import read_idx
-from lab.data.memory import TensorBatchLoader
+from lab.data.loader import TensorBatchLoader
 from lab.data.mnist import FILES, FashionMNISTDataModule, MNISTDataModule
 from lab.errors import ConfigError, DataNotFoundError
 

@@ -42,7 +42,7 @@ def _labels_of(loader) -> list[int]:
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_eval_loaders_of_all_ranks_see_each_sample_once(world):
-    from lab.data.memory import ShardSampler, TensorBatchLoader
+    from lab.data.loader import ShardSampler, TensorBatchLoader
 
     n = SPLIT_SIZE
     images, labels = torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n)
@@ -55,7 +55,7 @@ def test_eval_loaders_of_all_ranks_see_each_sample_once(world):
 
 @pytest.mark.parametrize("n, batch, world", [(279, 16, 2), (98, 16, 2), (1257, 64, 3), (10, 4, 1)])
 def test_train_loaders_give_every_rank_the_same_batches_count_on_disjoint_samples(n, batch, world):
-    from lab.data.memory import ShardSampler, TensorBatchLoader
+    from lab.data.loader import ShardSampler, TensorBatchLoader
 
     images, labels = torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n)
     loaders = [TensorBatchLoader(images, labels, batch, shuffle=True, seed=5, rank=r, world_size=world)
@@ -87,7 +87,7 @@ def test_balanced_batches_are_split_between_ranks():
 # --- set_epoch: epoch e is a function of (seed, e) only ----------------------------------
 def test_loader_epoch_is_set_not_counted():
     from lab.data.balanced import ClassBalancedBatchSampler
-    from lab.data.memory import TensorBatchLoader
+    from lab.data.loader import TensorBatchLoader
 
     images, labels = torch.zeros(50, 1, 2, 2, dtype=torch.uint8), torch.arange(50) % 5
     for world in (1, 2):
@@ -194,7 +194,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from lab.train import distributed
+    from lab.train import ddp_launch
 
     job_dir = tmp_path / "multiruns" / "sweep, with odd=chars" / "1"
     cfg = compose(["trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.job.name=run", "hydra.job.chdir=false"])
@@ -204,7 +204,7 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     HydraConfig.instance().set_config(cfg)
     # A job run by a launcher's own process (no lab module as __main__): the entry comes from the config name.
     monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
-    command, cwd = distributed.child_command(1)
+    command, cwd = ddp_launch.child_command(1)
     assert command[:3] == [sys.executable, "-m", "lab.run"] and cwd == str(tmp_path)
     assert "-m" not in command[3:] and "--multirun" not in command
     assert command[3:6] == ["hydra.job.chdir=false", "trainer=ddp_cpu", "optimizer.lr=0.01"]
@@ -212,11 +212,11 @@ def test_child_command_reruns_this_job_into_its_folder(tmp_path, monkeypatch):
     assert "hydra.job.name=run_rank1" in command and command.count("hydra.job.name=run_rank1") == 1
 
     # lab.eval / lab.predict: the user's whole command line, minus what the child sets itself.
-    distributed.set_child_args(["ckpt_path=a=b.ckpt", "-m", "trainer=ddp_cpu", "hydra.run.dir=x"])
+    ddp_launch.set_child_args(["ckpt_path=a=b.ckpt", "-m", "trainer=ddp_cpu", "hydra.run.dir=x"])
     try:
-        command, _ = distributed.child_command(1)
+        command, _ = ddp_launch.child_command(1)
     finally:
-        distributed.set_child_args(None)
+        ddp_launch.set_child_args(None)
     assert command[3:5] == ["ckpt_path=a=b.ckpt", "trainer=ddp_cpu"] and "hydra.run.dir=x" not in command
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -248,7 +248,7 @@ def test_trainer_configs(tmp_path):
     from lightning.pytorch.strategies import DDPStrategy
 
     from lab.build import build_trainer
-    from lab.train import distributed
+    from lab.train import ddp_launch
 
     gpu = compose(["trainer=gpu", "trainer.max_epochs=5"], output_dir=tmp_path).trainer
     assert (gpu.accelerator, gpu.precision, gpu.benchmark, gpu.channels_last, gpu.max_epochs) == (
@@ -261,7 +261,40 @@ def test_trainer_configs(tmp_path):
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
     assert trainer.strategy._get_process_group_backend() == "gloo"
     assert trainer._accelerator_connector.use_distributed_sampler is False  # lab's loaders shard themselves
-    assert subprocess_script._hydra_subprocess_cmd is distributed.child_command
+    assert subprocess_script._hydra_subprocess_cmd is ddp_launch.child_command
+
+
+def test_the_one_private_lightning_name_is_checked_and_fails_loudly(monkeypatch, tmp_path):
+    """lab.train.ddp_launch is the only place lab touches a private Lightning name: it is there in
+    the locked Lightning, a release without it fails with one line, and a one-process Trainer
+    leaves Lightning's function in place."""
+    from lab.build import build_trainer
+    from lab.errors import ConfigError
+    from lab.train import ddp_launch
+
+    modules = ddp_launch.check()
+    assert [m.__name__ for m in modules] == list(ddp_launch.LAUNCHER_MODULES)
+    originals = {m.__name__: vars(m)[ddp_launch.PRIVATE_NAME] for m in modules}
+    try:
+        def lightnings(local_rank):  # stands for Lightning's own function
+            return None
+
+        for module in modules:
+            setattr(module, ddp_launch.PRIVATE_NAME, lightnings)
+        build_trainer(compose(["trainer.max_epochs=1", "logger=none"], output_dir=tmp_path))
+        assert all(vars(m)[ddp_launch.PRIVATE_NAME] is lightnings for m in modules)  # one process: untouched
+        for module in modules:
+            with monkeypatch.context() as patch:
+                patch.delattr(module, ddp_launch.PRIVATE_NAME)
+                with pytest.raises(ConfigError, match=f"{module.__name__}._hydra_subprocess_cmd.*make install"):
+                    ddp_launch.check()
+            with monkeypatch.context() as patch:
+                patch.setattr(module, ddp_launch.PRIVATE_NAME, lambda rank: None)  # renamed argument
+                with pytest.raises(ConfigError, match="changed"):
+                    ddp_launch.check()
+    finally:
+        for module in modules:
+            setattr(module, ddp_launch.PRIVATE_NAME, originals[module.__name__])
 
 
 def test_the_gpu_path_is_the_default_on_a_cuda_device(tmp_path, monkeypatch):

@@ -111,10 +111,11 @@ def test_optuna_three_trials_one_fails_the_study_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["experiment=mlp_function"], "hparams_search=optuna maximizes val/top1_best, which task=regression"),
+    (["experiment=mlp_function", "hydra.sweeper.direction=maximize"],
+     "hydra.sweeper.direction=maximize, but lab.run returns val/mse_best"),
     (["model=cnn"], "hydra.sweeper.params searches model.dropout, which this config (model=cnn, "
                     "optimizer=adamw) does not have; model has "),
-], ids=["regression", "model_without_the_key"])
+], ids=["direction_against_the_objective", "model_without_the_key"])
 def test_optuna_search_that_cannot_work_stops_before_the_first_trial(tmp_path, args, expected):
     sweep = tmp_path / "study"
     start = time.perf_counter()

@@ -70,13 +70,13 @@ def test_progress_bar_shows_the_running_train_loss(monkeypatch):
 
 def test_a_sweeps_jobs_share_one_dataset_load(monkeypatch):
     """Jobs differing in seed, batch size or augmentation reuse the load; another split does not."""
-    from lab.data import memory
+    from lab.data import load_cache
     from lab.data.digits import DigitsDataModule
 
     calls = []
     real_load = DigitsDataModule.load
     monkeypatch.setattr(DigitsDataModule, "load", lambda self: calls.append(self.split_seed) or real_load(self))
-    monkeypatch.setattr(memory, "_LOADED", {})
+    monkeypatch.setattr(load_cache, "_LOADED", {})
     first = DigitsDataModule(seed=0, batch_size=32)
     first.setup("fit")
     second = DigitsDataModule(seed=1, batch_size=64)

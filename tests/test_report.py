@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.results import report
-from lab.results.report import ReportError, build_table, expand_overrides, load_sweep, main
-from tests.conftest import ROOT
+from lab.config.objective import Objective
+from lab.results import ReportError, best_job, build_table, expand_overrides, figure, load_sweep, plot
+from lab.results.cli import main
+from lab.results.table import FALLBACK_METRICS
+from tests.conftest import ROOT, compose
 
 METRICS = {"val/loss": 0.5, "val/top1": 0.8, "val/top5": 0.99, "val/top1_best": 0.81, "test/loss": 0.55,
            "test/top1": 0.79, "test/top5": 0.98, "train/loss": 0.3, "epochs": 3, "wall_time_s": 12.345,
@@ -27,8 +29,10 @@ METRICS = {"val/loss": 0.5, "val/top1": 0.8, "val/top5": 0.99, "val/top1_best": 
 
 
 def make_sweep(path: Path, command: list[str], jobs: dict[int, dict], params: dict | None = None,
-               sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper") -> Path:
-    """A sweep folder: jobs maps a job number to its overrides and one of metrics / error / raw metrics text.
+               sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+               config: dict | None = None) -> Path:
+    """A sweep folder: jobs maps a job number to its overrides and one of metrics / error / raw metrics text
+    (and optionally "config", its .hydra/config.yaml); `config` goes into multirun.yaml beside `hydra:`.
 
     A job without "metrics", "error" or "raw" has only .hydra/ (started, no result yet); a number absent from
     `jobs` has no folder (not started).
@@ -39,7 +43,7 @@ def make_sweep(path: Path, command: list[str], jobs: dict[int, dict], params: di
                           "overrides": {"hydra": [f"hydra.sweep.dir={path}", "hydra.mode=MULTIRUN"],
                                         "task": command},
                           "run": {"dir": "${paths.output_root}/runs/${now:%Y-%m-%d_%H-%M-%S}_${name}"}},
-                "seed": 42}
+                "seed": 42, **(config or {})}
     (path / "multirun.yaml").write_text(yaml.safe_dump(multirun, sort_keys=False))
     for num, job in jobs.items():
         folder = path / str(num)
@@ -51,6 +55,8 @@ def make_sweep(path: Path, command: list[str], jobs: dict[int, dict], params: di
             (folder / "metrics.json").write_text(job["raw"])
         if "error" in job:
             (folder / "error.json").write_text(json.dumps({"status": "failed", **job["error"]}))
+        if "config" in job:
+            (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(job["config"]))
     return path
 
 
@@ -230,7 +236,7 @@ def test_regression_sweeps_get_mse_and_r2_columns(tmp_path):
 def test_a_sweep_where_no_job_has_finished_still_has_the_standard_columns(tmp_path):
     path = make_sweep(tmp_path / "s", ["seed=0,1"], {})
     table = build_table(load_sweep(path))
-    assert table.columns == ["job", "seed", *report.FALLBACK_METRICS, "status"]
+    assert table.columns == ["job", "seed", *FALLBACK_METRICS, "status"]
     assert build_table(load_sweep(path), ["anything"]).metrics == ["anything"]  # nothing to check it against yet
 
 
@@ -309,13 +315,13 @@ def test_plot_one_png_per_metric_and_the_same_images_in_tensorboard(tmp_path):
     jobs[2]["metrics"]["test/loss"] = "nan"
     path = make_sweep(tmp_path / "s", command, jobs)
     table = build_table(load_sweep(path), ["test/top1", "test/loss"])
-    pngs = report.plot(table)  # x: model.norm (categorical), one line per learning rate
+    pngs = plot(table)  # x: model.norm (categorical), one line per learning rate
     assert [p.name for p in pngs] == ["plot_test_top1.png", "plot_test_loss.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
-    figure = report.figure(build_table(load_sweep(path), sort="test/top1"), "test/top1", "model.norm")
-    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    fig = figure(build_table(load_sweep(path), sort="test/top1"), "test/top1", "model.norm")
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["batch", "none"]  # categories in launch order, however the table is sorted
-    report.plot(table, x="optimizer.lr")  # re-plotting replaces the report run rather than appending to it
+    plot(table, x="optimizer.lr")  # re-plotting replaces the report run rather than appending to it
     events = list((path / "report").glob("events.out.tfevents.*"))
     assert len(events) == 1
     accumulator = EventAccumulator(str(path / "report"))
@@ -324,7 +330,7 @@ def test_plot_one_png_per_metric_and_the_same_images_in_tensorboard(tmp_path):
     image = accumulator.Images("report/test/top1")[0]
     assert image.encoded_image_string == (path / "plot_test_top1.png").read_bytes() and image.width > 100
     with pytest.raises(ReportError, match="--x seed: not an overridden key"):
-        report.plot(table, x="seed")
+        plot(table, x="seed")
 
 
 def test_plot_with_nothing_varying_writes_nothing(tmp_path, capsys):
@@ -335,10 +341,14 @@ def test_plot_with_nothing_varying_writes_nothing(tmp_path, capsys):
 
 
 def test_importing_the_entry_point_is_light():
-    code = ("import sys, lab.results.report; heavy = [m for m in ('torch', 'lightning', 'matplotlib', 'tensorboard', "
-            "'hydra', 'rich') if m in sys.modules]; print(heavy)")
+    """`python -m lab.report --help` and `from lab.results import ...` load no torch, Hydra, rich or matplotlib."""
+    code = ("import runpy, sys, lab.results\nsys.argv = ['lab.report', '--help']\ntry:\n"
+            "    runpy.run_module('lab.report', run_name='__main__')\nexcept SystemExit as exit:\n"
+            "    assert exit.code == 0, exit.code\nheavy = [m for m in ('torch', 'lightning', 'matplotlib', "
+            "'tensorboard', 'hydra', 'rich') if m in sys.modules]\nprint(heavy)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    assert "usage: python -m lab.report" in result.stdout
 
 
 def _optuna_sweep(path: Path, results: dict | None) -> Path:
@@ -391,3 +401,70 @@ def test_a_narrow_terminal_still_shows_the_status(tmp_path):
     console = Console(width=90, record=True, force_terminal=False)
     console.print(build_table(load_sweep(path)).to_rich(console))
     assert "failed: model.dropout" in console.export_text()
+
+
+# --- the objective (task.objective) ranks the jobs ---------------------------------------------
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+REGRESSION = {"task": {"_target_": "lab.tasks.regression.RegressionTask",
+                       "objective": {"metric": "val/mse", "mode": "min"}}}
+MSE = {"val/mse": 0.02, "val/r2": 0.9, "test/mse": 0.03, "test/r2": 0.88, "epochs": 1000, "wall_time_s": 3.0,
+       "seed": 0}
+
+
+def test_a_regression_objective_ranks_the_lowest_val_mse_best_first(tmp_path):
+    """task.objective {metric: val/mse, mode: min} in multirun.yaml: job 1, with the lowest val/mse_best, is
+    the best (the last val/mse would pick job 0); the default objective (val/top1, max) would pick job 0."""
+    path = make_sweep(tmp_path / "s", ["optimizer.lr=0.1,0.01,0.001"], {
+        i: {"overrides": [f"optimizer.lr={lr}"], "metrics": {**MSE, "val/mse": last, "val/mse_best": best,
+                                                             "val/top1_best": 0.9 - i / 10}}
+        for i, (lr, last, best) in enumerate([("0.1", 0.004, 0.02), ("0.01", 0.03, 0.005), ("0.001", 0.02, 0.01)])},
+        config=REGRESSION)
+    sweep = load_sweep(path)
+    assert sweep.objective == Objective("val/mse", "min")
+    assert best_job(sweep).num == 1
+    assert [j.num for j in build_table(sweep, sort="val/mse_best").jobs] == [1, 2, 0]
+    assert [j.num for j in build_table(sweep, sort="val/mse_best", reverse=True).jobs] == [0, 2, 1]
+    (path / "multirun.yaml").write_text((path / "multirun.yaml").read_text().replace("task:", "other:"))
+    assert load_sweep(path).objective == Objective() and best_job(load_sweep(path)).num == 0
+
+
+def test_an_optuna_study_of_a_regression_task_minimizes_its_objective(tmp_path):
+    """The study's column, direction and best trial follow task.objective (val/mse_best, min), not val/top1_best;
+    lab's optuna config records its direction as an interpolation of the objective's mode."""
+    jobs = {i: {"overrides": [f"optimizer.lr={lr}", "hparams_search=optuna"], "config": REGRESSION,
+                "metrics": {**MSE, "val/mse_best": best}}
+            for i, (lr, best) in enumerate([("0.01", 0.02), ("0.02", 0.005), ("0.03", 0.01)])}
+    path = make_sweep(tmp_path / "study", ["hparams_search=optuna", "experiment=mlp_function"], jobs,
+                      sweeper=OPTUNA, config=REGRESSION)
+    config = yaml.safe_load((path / "multirun.yaml").read_text())
+    config["hydra"]["sweeper"].update({"direction": "${lab_direction:${task.objective.mode}}", "n_trials": 3})
+    (path / "multirun.yaml").write_text(yaml.safe_dump(config))
+    table = build_table(load_sweep(path))
+    assert table.metrics[0] == "val/mse_best"
+    assert ("Optuna study (minimize, 3 trials): running or stopped (optimization_results.yaml is written when the "
+            "study ends); best so far: job 1, val/mse_best 0.0050") in table.to_markdown()
+    results = {"name": "optuna", "best_params": {"optimizer.lr": 0.02}, "best_value": 0.005}
+    (path / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+    md = build_table(load_sweep(path)).to_markdown()
+    assert "Optuna study (minimize, 3 trials): best job 1, value 0.0050 (optimization_results.yaml)" in md
+    (path / "multirun.yaml").unlink()  # a study made without lab's callback: the objective of a job's config
+    sweep = load_sweep(path)
+    assert sweep.objective == Objective("val/mse", "min") and build_table(sweep).metrics[0] == "val/mse_best"
+
+
+def test_a_malformed_objective_is_a_one_line_error(tmp_path, capsys):
+    path = make_sweep(tmp_path / "s", ["seed=0,1"], {}, config={"task": {"objective": {"metric": "mse"}}})
+    assert main([str(path)]) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"error: {path / 'multirun.yaml'}: task.objective.metric must be a validation metric")
+
+
+def test_optuna_on_a_regression_task_is_checked_against_its_objective_not_refused():
+    """lab.results.sweep_status: every task returns its objective, so regression may be searched; a direction
+    opposite to the objective's mode stops before the first trial."""
+    from lab.results.sweep_status import optuna_problem
+
+    assert optuna_problem(compose(["hparams_search=optuna", "experiment=mlp_function"])) is None
+    problem = optuna_problem(compose(["hparams_search=optuna", "experiment=mlp_function",
+                                      "hydra.sweeper.direction=maximize"]))
+    assert problem.startswith("hydra.sweeper.direction=maximize, but lab.run returns val/mse_best"), problem

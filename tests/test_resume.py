@@ -277,7 +277,7 @@ def test_resume_sweep_needs_a_sweep_folder_and_minus_m(killed_in_first_epoch, tm
 # --- resume_sweep ---------------------------------------------------------------------------
 @pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)
 def test_resume_sweep_skips_finished_jobs_and_reruns_the_rest(tmp_path):
-    from lab.results.report import load_sweep
+    from lab.results import load_sweep
 
     sweep = tmp_path / "sweep"
     args = ["-m", "optimizer.lr=0.1,0.01,0.001", "trainer.max_epochs=1", *QUICK[1:]]

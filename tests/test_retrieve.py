@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from lab.metrics.retrieval import retrieval_metrics
+from lab.retrieval.cli import main
 from lab.retrieval.index import FEATURES, META, load_index
+from lab.retrieval.scoring import metrics_excluding_self
 from lab.retrieval.search import normalize, search
-from lab.retrieve import _metrics, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("red_stripes", "green_checks", "blue_rings")
@@ -468,7 +469,7 @@ def test_evaluate_metrics_leave_each_query_out_exactly(case, one_thread):
         q = torch.cat([outside, gallery[inside]])
         ql = torch.cat([outside_labels, labels[inside]])
         where = torch.cat([-torch.ones(12, dtype=torch.long), inside])
-    got, counted = _metrics(q, ql, gallery, labels, where)
+    got, counted = metrics_excluding_self(q, ql, gallery, labels, where)
     expected = brute_force_metrics(q, ql, gallery, labels, where)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key

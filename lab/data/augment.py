@@ -16,9 +16,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def as_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
     """`224` or `[224, 224]` -> (224, 224); None stays None."""

@@ -22,7 +22,7 @@ class _CifarDataModule(InMemoryClassificationData):
     `split_seed`); test is the official test batch.
     """
 
-    # What load() reads: a sweep's jobs with equal values share one load (memory._cached_load).
+    # What load() reads: a sweep's jobs with equal values share one load (load_cache.cached_load).
     load_settings = ("root", "download", "split_seed", "val_size", "label_type")
 
     folder = ""

@@ -17,7 +17,7 @@ class DigitsDataModule(InMemoryClassificationData):
     training seed, so a seed sweep trains on the same split.
     """
 
-    # What load() reads: a sweep's jobs with equal values share one load (memory._cached_load).
+    # What load() reads: a sweep's jobs with equal values share one load (load_cache.cached_load).
     load_settings = ("split_seed", "test_fraction", "val_fraction")
 
     class_names = [str(i) for i in range(10)]

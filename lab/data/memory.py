@@ -12,177 +12,21 @@ per-image torchvision transforms on PIL images in worker processes.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
-from lab.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, as_size, per_sample_transform
+from lab.data.augment import BatchTransform, as_size, per_sample_transform
+from lab.data.imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
+from lab.data.load_cache import cached_load
+from lab.data.loader import PerImageDataset, ShardSampler, TensorBatchLoader
 from lab.data.noise import apply_noise
 from lab.errors import ConfigError
 
 AUGMENT_KEYS = {"crop_padding", "hflip", "cutout"}
-
-
-class TensorBatchLoader:
-    """Iterates (uint8 images, labels) batches over in-memory tensors.
-
-    Shuffling uses a generator seeded with `seed + epoch`, so an epoch's order depends on
-    (seed, epoch) only; `set_epoch` picks the epoch (Lightning calls it through `.sampler`
-    before every train epoch) and otherwise each pass counts one on. A final training batch
-    of a single sample is dropped (BatchNorm cannot use it).
-
-    Under DDP (`world_size` > 1) each rank iterates its own shard: a training loader takes
-    every `world_size`-th sample of the epoch's common permutation, the same number on every
-    rank (the remainder is left out, a different part each epoch); an evaluation loader takes
-    a contiguous slice with no padding, so each sample is counted exactly once.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-        batch_sampler=None,
-        rank: int = 0,
-        world_size: int = 1,
-        train: bool | None = None,
-        on_epoch=None,
-    ) -> None:
-        from lab.train.distributed import EpochHook, eval_shard, train_shard_size
-
-        if images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8, got {images.dtype}")
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images = images
-        self.labels = labels
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.train = shuffle if train is None else bool(train)
-        self.seed = seed
-        self.epoch = 0
-        self.rank, self.world_size = int(rank), max(int(world_size), 1)
-        self.batch_sampler = batch_sampler  # yields index tensors (class-balanced batches)
-        n = len(images)
-        if self.train:
-            self._start, self._count = 0, train_shard_size(n, self.world_size)
-        else:
-            self._start, stop = eval_shard(n, self.rank, self.world_size)
-            self._count = stop - self._start
-        self._num_batches = -(-self._count // self.batch_size)
-        if self.train and self._count > 1 and self._count % self.batch_size == 1:
-            self._num_batches -= 1
-        self._on_epoch = on_epoch  # also told the epoch (the datamodule's augmentation)
-        if self.shuffle or batch_sampler is not None:
-            # Lightning's per-epoch set_epoch call looks for it on `.sampler`.
-            self.sampler = EpochHook(self._epoch_starts)
-
-    def _epoch_starts(self, epoch: int) -> None:
-        self.set_epoch(epoch)
-        if self._on_epoch is not None:
-            self._on_epoch(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """The next pass yields epoch `epoch` (order a function of seed and epoch only)."""
-        self.epoch = int(epoch)
-        if self.batch_sampler is not None and hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler) if self.batch_sampler is not None else self._num_batches
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        if self.batch_sampler is not None:
-            for idx in self.batch_sampler:
-                idx = idx.to(self.images.device)
-                yield self.images[idx], self.labels[idx]
-            return
-        if not self.train:  # a contiguous slice: batches are views, no gather
-            for b in range(self._num_batches):
-                lo = self._start + b * self.batch_size
-                hi = min(lo + self.batch_size, self._start + self._count)
-                yield self.images[lo:hi], self.labels[lo:hi]
-            return
-        order = shard_order(len(self.images), self.shuffle, self.seed, epoch, self.rank, self.world_size)
-        order = order.to(self.images.device)
-        for b in range(self._num_batches):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.images[idx], self.labels[idx]
-
-
-def shard_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """Training indices of `rank` for `epoch`: every rank cuts the same permutation (seeded with
-    seed + epoch, or 0..n-1 unshuffled) into equal, disjoint, strided parts."""
-    from lab.train.distributed import train_shard_size
-
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    else:
-        order = torch.arange(n)
-    if world_size > 1:
-        order = order[rank : train_shard_size(n, world_size) * world_size : world_size]
-    return order
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """The DataLoader path's sampler: the same per-rank indices as TensorBatchLoader.
-
-    Training: `shard_order` (Lightning calls `set_epoch` before every epoch). Evaluation: the
-    rank's contiguous slice in stored order, no padding (Lightning's DistributedSampler would
-    repeat samples to even out the ranks and count them twice)."""
-
-    def __init__(self, n: int, train: bool, shuffle: bool = False, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
-        from lab.train.distributed import eval_shard, train_shard_size
-
-        self.n, self.train, self.shuffle, self.seed = int(n), bool(train), bool(shuffle), int(seed)
-        self.rank, self.world_size = int(rank), max(int(world_size), 1)
-        self.epoch = 0
-        if self.train:
-            self._len = train_shard_size(self.n, self.world_size)
-        else:
-            self._start, stop = eval_shard(self.n, self.rank, self.world_size)
-            self._len = stop - self._start
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
-        self.epoch += 1
-        if not self.train:
-            return iter(range(self._start, self._start + self._len))
-        return iter(shard_order(self.n, self.shuffle, self.seed, epoch, self.rank, self.world_size).tolist())
-
-
-class _SampleDataset(torch.utils.data.Dataset):
-    """Per-image view of the uint8 arrays for the standard DataLoader path (PIL + torchvision)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
-        from PIL import Image
-
-        self._from_array = Image.fromarray
-        self.images = images.numpy()
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        array = self.images[i]
-        img = self._from_array(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
-        return self.transform(img), self.labels[i]
 
 
 class InMemoryClassificationData(L.LightningDataModule):
@@ -297,7 +141,7 @@ class InMemoryClassificationData(L.LightningDataModule):
     def _ensure_loaded(self) -> None:
         if self.splits:
             return
-        splits = _cached_load(self)
+        splits = cached_load(self)
         for key in ("train", "val", "test"):
             if key not in splits:
                 raise KeyError(f"{type(self).__name__}.load() returned no '{key}' split")
@@ -376,7 +220,7 @@ class InMemoryClassificationData(L.LightningDataModule):
         else:
             transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
                                              **self._transform_args(train))
-            dataset = _SampleDataset(images, labels, transform)
+            dataset = PerImageDataset(images, labels, transform)
             workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0,
                        "pin_memory": torch.cuda.is_available()}
             if sampler is not None:
@@ -488,53 +332,3 @@ def _channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float]
     mean = total / count
     std = (total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.clamp_min(1e-6).tolist()
-
-
-_LOADED: dict[tuple, tuple[dict, dict]] = {}  # the last dataset load() returned in this process
-
-
-def _cached_load(data: InMemoryClassificationData) -> dict:
-    """`data.load()`, reused by the next job of a sweep that reads the same files with the
-    same settings: the jobs of a multirun share one process, and decoding Fashion-MNIST's
-    70,000 images again for every job costs seconds per job. The key is the datamodule's
-    class, the values of the attributes it names in `load_settings` (what its load() reads:
-    root, split seed, split sizes; not the run's seed, batch size or augmentation) and the
-    size and time of the files under its root. Attributes load() sets on the instance (class
-    names, ...) are restored on a hit. One dataset is kept. Datamodules without
-    `load_settings` (folders of images) are read again. The arrays are never modified in
-    place (splits, noise, device moves copy)."""
-    settings = getattr(type(data), "load_settings", None)
-    if settings is None:
-        return data.load()
-    values = tuple((k, str(v) if isinstance(v, Path) else v)  # a setting a subclass lacks counts as None
-                   for k, v in ((k, getattr(data, k, None)) for k in settings))
-    key = (type(data).__module__, type(data).__qualname__, values, _files_stamp(getattr(data, "root", None)))
-    if key in _LOADED:
-        loaded, state = _LOADED[key]
-        data.__dict__.update(state)
-        return dict(loaded)
-    before = dict(vars(data))
-    loaded = data.load()
-    state = {k: v for k, v in vars(data).items() if k not in before or before[k] is not v}
-    _LOADED.clear()
-    _LOADED[key] = (loaded, state)
-    return dict(loaded)
-
-
-def _files_stamp(root) -> tuple:
-    """(relative path, size, mtime) of up to 200 files under `root`: a changed file misses the cache."""
-    import os
-
-    if root is None or not Path(root).is_dir():
-        return ()
-    stamp = []
-    for folder, _, names in os.walk(root):
-        for name in sorted(names):
-            try:
-                st = os.stat(os.path.join(folder, name))
-            except OSError:
-                continue
-            stamp.append((os.path.relpath(os.path.join(folder, name), root), st.st_size, st.st_mtime_ns))
-            if len(stamp) >= 200:
-                return tuple(stamp)
-    return tuple(stamp)

@@ -29,7 +29,7 @@ class _IdxDataModule(InMemoryClassificationData):
     network, raises DataNotFoundError naming the folder, the files and the fix.
     """
 
-    # What load() reads: a sweep's jobs with equal values share one load (memory._cached_load).
+    # What load() reads: a sweep's jobs with equal values share one load (load_cache.cached_load).
     load_settings = ("root", "download", "split_seed", "val_size")
 
     torchvision_folder = ""  # e.g. "FashionMNIST": torchvision keeps files in <root>/<folder>/raw

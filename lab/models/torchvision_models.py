@@ -1,10 +1,20 @@
-"""torchvision's ResNet-18/34/50 and VGG-16, adapted to the data: new head, grey stem,
-small-input stem, ImageNet weights from torchvision's cache or a local file, frozen
-backbone."""
+"""torchvision classifiers adapted to the data: new head, grey stem, small-input stem,
+ImageNet weights from torchvision's cache or a local file, frozen backbone.
+
+Every architecture lab can train is one entry of ARCHITECTURES: the torchvision.models
+builder (the entry's name unless given), its weights enum and the dotted path of its final
+nn.Linear (the head lab replaces). Adding one is one line (docs/extending.md), e.g.
+
+    "mobilenet_v3_small": Arch("MobileNet_V3_Small_Weights", head="classifier.3"),
+
+The rest is found, not listed: the stem is the first nn.Conv2d (adapted to grey input),
+features(x) is the input of the head (lab/models/contract.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,8 +22,35 @@ from torch import nn
 
 from lab.errors import ConfigError, DataNotFoundError
 
-ARCHS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights",
-         "vgg16": "VGG16_Weights"}
+
+@dataclass(frozen=True)
+class Arch:
+    """One torchvision classifier: its weights enum in torchvision.models (`pretrained` loads its
+    IMAGENET1K_V1), the dotted path of its final nn.Linear, and the builder function's name
+    (None: the entry's own name)."""
+
+    weights: str
+    head: str
+    builder: str | None = None
+
+
+ARCHITECTURES: dict[str, Arch] = {
+    "resnet18": Arch("ResNet18_Weights", head="fc"),
+    "resnet34": Arch("ResNet34_Weights", head="fc"),
+    "resnet50": Arch("ResNet50_Weights", head="fc"),
+    "vgg16": Arch("VGG16_Weights", head="classifier.6"),
+}
+
+# name -> weights enum name (lab.retrieval.encoder reads it).
+ARCHS = {name: arch.weights for name, arch in ARCHITECTURES.items()}
+
+
+def architecture(name: str) -> Arch:
+    """The ARCHITECTURES entry `name`, or one line listing the names there are."""
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"model.arch must be one of {sorted(ARCHITECTURES)}, got {name!r} "
+                          "(add an entry to ARCHITECTURES in lab/models/torchvision_models.py)")
+    return ARCHITECTURES[name]
 
 
 def weights_cache_dir() -> Path:
@@ -26,7 +63,7 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     (hash-checked by torch.hub); offline, one error naming the file and the folder."""
     import torchvision.models as tvm
 
-    weights = getattr(tvm, ARCHS[arch]).IMAGENET1K_V1
+    weights = getattr(tvm, architecture(arch).weights).IMAGENET1K_V1
     filename = Path(weights.url).name
     cached = weights_cache_dir() / filename
     if not cached.is_file():
@@ -42,10 +79,13 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
 
 class TorchvisionClassifier(nn.Module):
-    """A torchvision classifier resized to the data.
+    """A torchvision classifier (an ARCHITECTURES entry) resized to the data.
 
-    - `num_classes`: the last layer is replaced (fc for ResNets, classifier[6] for VGG).
-    - `in_channels=1`: the first conv takes one channel (pretrained: the sum of its RGB
+    - `num_classes`: the head (the entry's final nn.Linear) is replaced. A head that is an
+      attribute of the network itself (`fc`: ResNets) becomes nn.Sequential(nn.Dropout(dropout),
+      nn.Linear); one inside a classifier block (`classifier.6`: VGG) a plain nn.Linear, behind
+      that block's own dropout (`dropout` does not apply there).
+    - `in_channels=1`: the stem (first conv) takes one channel (pretrained: the sum of its RGB
       filters, so a grey image gives what its RGB copy would).
     - `small_input_stem` (ResNets): 3x3 stride-1 first conv and no max-pool, the known
       recipe for 32-64 px images trained from scratch.
@@ -60,39 +100,35 @@ class TorchvisionClassifier(nn.Module):
         super().__init__()
         import torchvision.models as tvm
 
-        if arch not in ARCHS:
-            raise ConfigError(f"model.arch must be one of {sorted(ARCHS)}, got {arch!r}")
-        if small_input_stem and arch == "vgg16":
-            raise ConfigError("model.small_input_stem applies to ResNets, not vgg16")
-        net = getattr(tvm, arch)(weights=None)
-        if pretrained or weights_path:
-            state = self._load_state(arch, weights_path)
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            if unexpected or [k for k in missing if not k.startswith(("fc.", "classifier."))]:
-                raise ConfigError(f"model.weights_path: keys do not match {arch} (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]})")
+        entry = architecture(arch)
+        net = getattr(tvm, entry.builder or arch)(weights=None)
+        if small_input_stem and not isinstance(net, tvm.ResNet):
+            raise ConfigError(f"model.small_input_stem applies to ResNets, not {arch}")
+        if not isinstance(_get(net, entry.head), nn.Linear):
+            raise ConfigError(f"ARCHITECTURES[{arch!r}].head={entry.head!r} is not the network's final nn.Linear")
+        state = self._load_state(arch, weights_path) if pretrained or weights_path else None
+        lab_format = state is not None and _is_lab_state(state, net, entry.head)
+        if state is not None and not lab_format:  # torchvision's layout: before the stem and head change
+            _load(net, state, arch, entry.head)
         self.arch = arch
-        if arch.startswith("resnet"):
-            if small_input_stem:
-                old = net.conv1
-                net.conv1 = nn.Conv2d(3, old.out_channels, 3, stride=1, padding=1, bias=False)
-                net.maxpool = nn.Identity()
-            if in_channels != 3:
-                net.conv1 = _adapt_first_conv(net.conv1, in_channels)
-            width = net.fc.in_features
-            net.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
-            head_names = ("fc.",)
-        else:
-            if in_channels != 3:
-                net.features[0] = _adapt_first_conv(net.features[0], in_channels)
-            width = net.classifier[6].in_features
-            net.classifier[6] = nn.Linear(width, num_classes)
-            head_names = ("classifier.6.",)
+        if small_input_stem:
+            old = net.conv1
+            net.conv1 = nn.Conv2d(3, old.out_channels, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        if in_channels != 3:
+            stem = next(name for name, m in net.named_modules() if isinstance(m, nn.Conv2d))
+            _set(net, stem, _adapt_first_conv(_get(net, stem), in_channels))
+        width = _get(net, entry.head).in_features
+        head = nn.Linear(width, num_classes)
+        _set(net, entry.head, nn.Sequential(nn.Dropout(dropout), head) if "." not in entry.head else head)
+        if lab_format:  # a lab run's weights: the same layout as this model, head included
+            _load(net, state, arch, None)
         self.net = net
+        self.head_name = entry.head
         self.feature_dim = width
         if freeze_backbone:
             for name, param in net.named_parameters():
-                param.requires_grad = name.startswith(head_names)
+                param.requires_grad = name.startswith(f"{entry.head}.")
 
     @staticmethod
     def _load_state(arch: str, weights_path: str | None) -> dict[str, torch.Tensor]:
@@ -106,17 +142,50 @@ class TorchvisionClassifier(nn.Module):
             state = {k.split("model.net.", 1)[1]: v for k, v in state["state_dict"].items() if "model.net." in k}
         return state
 
-    def features(self, x):
-        net = self.net
-        if self.arch.startswith("resnet"):
-            x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-            x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
-            return torch.flatten(net.avgpool(x), 1)
-        x = torch.flatten(net.avgpool(net.features(x)), 1)
-        return net.classifier[:6](x)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features [N, feature_dim]: what the head receives."""
+        seen: list[torch.Tensor] = []
+        hook = _get(self.net, self.head_name).register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        try:
+            self.net(x)
+        finally:
+            hook.remove()
+        return seen[-1]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def _get(net: nn.Module, path: str) -> nn.Module:
+    return net.get_submodule(path)
+
+
+def _set(net: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, name, module)
+
+
+def _is_lab_state(state: dict[str, torch.Tensor], net: nn.Module, head: str) -> bool:
+    """Whether a state dict is a lab model's (its head already replaced: `fc.1.weight`, or a
+    `classifier.6.weight` of another shape than torchvision's) rather than torchvision's."""
+    if f"{head}.1.weight" in state:
+        return True
+    weight = state.get(f"{head}.weight")
+    return weight is not None and tuple(weight.shape) != tuple(_get(net, head).weight.shape)
+
+
+def _load(net: nn.Module, state: dict[str, torch.Tensor], arch: str, head: str | None) -> None:
+    """Loads `state`; with `head`, torchvision's layout whose head is dropped (it is replaced)."""
+    if head is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes that differ
+        raise ConfigError(f"model.weights_path: keys do not match {arch} ({' '.join(str(err).split())[:300]})") \
+            from None
+    if unexpected or [k for k in missing if head is None or not k.startswith(f"{head}.")]:
+        raise ConfigError(f"model.weights_path: keys do not match {arch} (missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]})")
 
 
 def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:

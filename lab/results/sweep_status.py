@@ -6,9 +6,10 @@ Optuna sweeper (max_failure_rate 1.0) tells Optuna FAIL and returns normally, so
 process would exit 0. Here, at the end of a sweep, every job folder whose error.json
 (written by lab.run) is newer than the sweep's start counts as failed: one line names
 them and the process exits with status 1. Before the first trial, an Optuna search over a
-key the config lacks, or over a task whose run returns no val/top1_best (regression),
-stops with one line instead of failing every trial. The Optuna sweeper writes no
-multirun.yaml; this writes one, so lab.report finds and reads the sweep.
+key the config lacks, with a malformed task.objective, or in the direction opposite to the
+objective's mode, stops with one line instead of failing (or misranking) every trial. Every
+task returns its objective (lab.run: objective_of(cfg).value(metrics)). The Optuna sweeper
+writes no multirun.yaml; this writes one, so lab.report finds and reads the sweep.
 
 Registered in conf/hydra/default.yaml (hydra.callbacks.sweep_status). Importing it is
 cheap: no torch, no lab.run; each hook imports what it needs.
@@ -24,8 +25,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-# Tasks whose runs log val/top1_best, the value lab.run's main() returns (the Optuna objective).
-_TOP1_TASKS = ("lab.tasks.classification.ClassificationTask", "lab.tasks.metric_learning.MetricLearningTask")
+from lab.config.objective import objective_of
+from lab.errors import ConfigError
+from lab.results.sweep import job_folders
+from lab.runs import folder as run_folder
+
 _MISSING = object()
 
 
@@ -46,7 +50,7 @@ class SweepStatus(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(config, sweep_dir / "multirun.yaml")
+            OmegaConf.save(config, sweep_dir / run_folder.MULTIRUN)
         except OSError as err:
             _fail(f"cannot write into the sweep folder {sweep_dir}: {err.strerror or err}", status=2)
 
@@ -55,7 +59,7 @@ class SweepStatus(Callback):
         failed = failed_jobs(sweep_dir, since=self.started - 1.0)
         if not failed:
             return
-        total = len(_job_folders(sweep_dir))
+        total = len(job_folders(sweep_dir))
         what = "trials" if _is_optuna(config) else "jobs"
         shown = "; ".join(f"job {name}: {error}" for name, error in failed[:3])
         more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
@@ -70,13 +74,19 @@ def _is_optuna(config: DictConfig) -> bool:
 
 def optuna_problem(config: DictConfig) -> str | None:
     """Why an Optuna search on this config cannot work (one line), or None."""
-    target = str(OmegaConf.select(config, "task._target_", default=""))
     choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
-    task = choices.get("task") or target
-    if target and target not in _TOP1_TASKS and "Classification" not in target:
-        return (f"hparams_search=optuna maximizes val/top1_best, which task={task} ({target}) does not log "
-                f"(lab.run returns val/top1_best); sweep a grid instead, e.g. -m sweep=lr or "
-                f"optimizer.lr=0.001,0.01,0.1")
+    try:
+        objective = objective_of(config)
+    except ConfigError as err:
+        return str(err)
+    try:
+        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve here: Optuna's own check reports it
+        direction = None
+    if isinstance(direction, str) and direction != objective.direction:
+        return (f"hydra.sweeper.direction={direction}, but lab.run returns {objective.best_key}, which "
+                f"task.objective ({objective.metric}, mode {objective.mode}) says to {objective.direction}; "
+                f"drop the direction override or set task.objective.mode")
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
     what = ", ".join(f"{g}={choices[g]}" for g in ("experiment", "model", "optimizer") if choices.get(g))
     for key in params:
@@ -92,21 +102,13 @@ def optuna_problem(config: DictConfig) -> str | None:
     return None
 
 
-def _job_folders(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep: direct sub-folders holding Hydra's .hydra/."""
-    if not sweep_dir.is_dir():
-        return []
-    return sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()),
-                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
-
-
 def failed_jobs(sweep_dir: Path, since: float = 0.0) -> list[tuple[str, str]]:
     """(job folder name, one-line error) for each job whose error.json was written after `since`."""
     import json
 
     failed = []
-    for folder in _job_folders(sweep_dir):
-        path = folder / "error.json"
+    for folder in job_folders(sweep_dir):
+        path = folder / run_folder.ERROR
         try:
             if path.stat().st_mtime < since:
                 continue  # left by an earlier sweep into the same folder
@@ -115,7 +117,7 @@ def failed_jobs(sweep_dir: Path, since: float = 0.0) -> list[tuple[str, str]]:
         except FileNotFoundError:
             continue
         except (OSError, ValueError, AttributeError):
-            message = "unreadable error.json"
+            message = f"unreadable {run_folder.ERROR}"
         failed.append((folder.name, message))
     return failed
 

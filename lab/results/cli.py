@@ -1,0 +1,69 @@
+"""`python -m lab.report [<sweep>] [--metrics ...] [--sort KEY] [--reverse] [--plot] [--x KEY]`: print a
+sweep's table, write table.md and table.csv (and the plots) into its folder. Bad input prints one line
+and exits with status 2. Importing this is cheap: rich, Hydra and matplotlib load inside main().
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lab.results.plots import REPORT_RUN, plot
+from lab.results.sweep import ReportError, latest_sweep, load_sweep
+from lab.results.table import build_table, write
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.report",
+        description="Results table of a sweep (python -m lab.run -m ...): one row per job, its varying "
+                    "parameters, metrics and status (ok / failed: error / missing). Prints it and writes "
+                    "table.md and table.csv into the sweep folder.",
+    )
+    parser.add_argument("sweep", nargs="?", help="the sweep folder (default: the newest in "
+                        "$LAB_OUTPUT_DIR/multiruns, else outputs/multiruns)")
+    parser.add_argument("--metrics", action="append", metavar="M[,M...]",
+                        help="metric columns, comma-separated names or globs (e.g. 'test/*'); "
+                             "default: val/test loss, top-1, top-5 (or mse, r2), best_epoch, wall_time_s")
+    parser.add_argument("--sort", metavar="KEY", help="sort rows by a metric (best first: the objective "
+                        "by task.objective.mode, highest for accuracies and r2, lowest otherwise) or a "
+                        "parameter (ascending)")
+    parser.add_argument("--reverse", action="store_true", help="reverse the --sort order")
+    parser.add_argument("--plot", action="store_true", help="one PNG per metric against the swept parameter "
+                        "(plot_<metric>.png), also as images in the TensorBoard run report/")
+    parser.add_argument("--x", metavar="KEY", help="the parameter on the plots' x axis (default: the first "
+                        "that varies; the others make one line each)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the table, write table.md/table.csv (and plots); bad input: one line, status 2."""
+    args = _parser().parse_args(argv)
+    from lab.utils.console import console, print_error
+
+    try:
+        path = Path(args.sweep) if args.sweep else latest_sweep()
+        table = build_table(load_sweep(path), args.metrics, args.sort, args.reverse)
+        if not console.is_terminal:
+            # a log file gets the whole table, not a wrapped one
+            wide = console.options.update_width(100_000)
+            console.width = max(console.width, 160, console.measure(table.to_rich(), options=wide).maximum)
+        console.print(table.to_rich(console))
+        try:
+            written = list(write(table))
+            if args.plot:
+                pngs = plot(table, args.x)
+                written += pngs
+                if pngs:
+                    written.append(path / REPORT_RUN)
+                else:
+                    console.print("nothing to plot: " + ("no parameter varies across jobs" if not table.params
+                                                         else "no job has a value yet"))
+        except OSError as err:
+            raise ReportError(f"cannot write the report into {path}: {err.strerror or err}") from None
+    except ReportError as err:
+        print_error(str(err))
+        return 2
+    console.print("[bold]written:[/bold] " + ", ".join(str(p) for p in written), soft_wrap=True, highlight=False)
+    return 0
+
