@@ -355,8 +355,7 @@ def run_control(overrides: list[str], steps: int | None, chunk: int) -> tuple[fl
     return first["seconds"], second["seconds"]
 
 
-NAMES = {"lab": "lab fit", "bare": "bare Lightning fit"}
-LABELS = {"lab": "pair", "bare": "bare"}
+LABELS = {"lab": "lab", "bare": "bare Lightning"}
 
 
 def main() -> None:
@@ -416,7 +415,7 @@ def main() -> None:
                     plain_s = run_plain(overrides, steps)
                     mine_s = run_alone(side, overrides, run_dir)
                 pairs[side].append((mine_s, plain_s))
-                lines.append(f"{LABELS[side]} {rep + 1}: {NAMES[side]} {mine_s:.2f} s   plain {plain_s:.2f} s   "
+                lines.append(f"{LABELS[side]} {rep + 1}: fit {mine_s:.2f} s   plain {plain_s:.2f} s   "
                              f"ratio {mine_s / plain_s:.3f}   {how}")
                 if args.interleave:
                     lines.append(parts_line(mine, plain))

@@ -30,7 +30,7 @@ MALICIOUS_LIGHTNING = {Version("2.6.2"), Version("2.6.3")}
 FIRST_FIXED_LIGHTNING = Version("2.6.6")
 LIGHTNING_DISTS = ("lightning", "pytorch-lightning")  # the same code, shipped under both names
 
-RUNTIME_DIRS = ("lab", "hydra_plugins")  # imports here must be in [project] dependencies
+RUNTIME_DIRS = ("lab",)  # imports here must be in [project] dependencies
 DEV_DIRS = ("tests", "bench")  # imports here may also come from the dev extra
 
 
@@ -316,9 +316,8 @@ def test_import_check_finds_undeclared_modules(pyproject_text, tmp_path):
     (tmp_path / "lab" / "sub").mkdir(parents=True)
     (tmp_path / "lab" / "__init__.py").write_text("import os\nfrom lab.sub import x\nimport numpy\n")
     (tmp_path / "lab" / "sub" / "x.py").write_text("def f():\n    from PIL import Image\n    import pytest\n")
-    (tmp_path / "hydra_plugins" / "mine").mkdir(parents=True)
-    (tmp_path / "hydra_plugins" / "mine" / "p.py").write_text(
-        "from hydra_plugins.mine import p\nfrom hydra_plugins.hydra_nobody import q\nimport yaml\n"
+    (tmp_path / "lab" / "plug.py").write_text(
+        "from hydra_plugins.hydra_nobody import q\nimport yaml\n"
         "from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper\n")
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "common.py").write_text("")
@@ -329,8 +328,7 @@ def test_import_check_finds_undeclared_modules(pyproject_text, tmp_path):
               "hydra_plugins.hydra_optuna_sweeper": ["hydra-optuna-sweeper"]}
     assert undeclared_imports(without_pillow, tmp_path, owners) == [
         "bench/b.py imports somethingelse (no installed distribution), not in [project] dependencies or dev",
-        "hydra_plugins/mine/p.py imports hydra_plugins.hydra_nobody (no installed distribution), not in [project] "
-        "dependencies",
+        "lab/plug.py imports hydra_plugins.hydra_nobody (no installed distribution), not in [project] dependencies",
         "lab/sub/x.py imports PIL (pillow), not in [project] dependencies",
         "lab/sub/x.py imports pytest (pytest), not in [project] dependencies",
     ]

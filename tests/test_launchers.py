@@ -178,6 +178,7 @@ def test_sweep_status_counts_only_this_sweeps_errors(tmp_path):
 
 
 def test_importing_the_callback_is_light():
-    code = "import sys, lab.results.sweep_status; print(any(m in sys.modules for m in ('torch', 'lightning', 'lab.run')))"
+    code = ("import sys, lab.results.sweep_status; "
+            "print(any(m in sys.modules for m in ('torch', 'lightning', 'lab.run')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lab.errors import ConfigError, DataNotFoundError
+from lab.models.contract import final_linear
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ class TorchvisionClassifier(nn.Module):
         net = getattr(tvm, entry.builder or arch)(weights=None)
         if small_input_stem and not isinstance(net, tvm.ResNet):
             raise ConfigError(f"model.small_input_stem applies to ResNets, not {arch}")
-        if not isinstance(_get(net, entry.head), nn.Linear):
-            raise ConfigError(f"ARCHITECTURES[{arch!r}].head={entry.head!r} is not the network's final nn.Linear")
+        last = final_linear(net)
+        if last is None or last[0] != entry.head:
+            raise ConfigError(f"ARCHITECTURES[{arch!r}].head={entry.head!r} in lab/models/torchvision_models.py "
+                              f"is not {arch}'s final nn.Linear ({last[0] if last else 'it has none'} is)")
         state = self._load_state(arch, weights_path) if pretrained or weights_path else None
         lab_format = state is not None and _is_lab_state(state, net, entry.head)
         if state is not None and not lab_format:  # torchvision's layout: before the stem and head change

@@ -199,7 +199,7 @@ def _objective(path: Path, config: dict, folders: list[Path]) -> Objective:
 def expand_overrides(arguments: list[str], config_dir: str | None = None) -> list[list[str]]:
     """The jobs Hydra's basic sweeper launches for these overrides, in its order.
 
-    The same steps as BasicSweeper.split_arguments (hydra/_internal/core_plugins):
+    The same steps as Hydra's BasicSweeper.split_arguments:
     each key keeps the position of its first mention and the value of its last, and
     the jobs are the cartesian product of the keys' values. `glob(...)` over a config
     group needs the config folder to list the group's options.
@@ -208,13 +208,17 @@ def expand_overrides(arguments: list[str], config_dir: str | None = None) -> lis
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    loader = None
-    if config_dir is not None:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra._internal.utils import create_config_search_path
+    if config_dir is None:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+    else:  # Hydra's own config loader for the folder (public API), to list a group's options
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
 
-        loader = ConfigLoaderImpl(config_search_path=create_config_search_path(config_dir))
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+        if GlobalHydra.instance().is_initialized():
+            GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     values: dict[str, list[str]] = {}
     for override in overrides:
         key = override.get_key_element()

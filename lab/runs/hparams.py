@@ -52,11 +52,14 @@ def write_hparams(loggers: list, params: dict[str, Any], metric_keys: list[str])
     """Write the session start/end summaries into each TensorBoard logger's run."""
     from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams
+    from torch.utils.tensorboard.writer import FileWriter
 
     _, start, end = hparams(params, {key: 0.0 for key in metric_keys})
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment._get_file_writer()
+            # An event file of its own in the run's log folder: TensorBoard reads a folder's files as
+            # one run, and the metric values come from the scalars already logged there.
+            writer = FileWriter(logger.log_dir)
             writer.add_summary(start)
             writer.add_summary(end)
-            logger.experiment.flush()
+            writer.close()
