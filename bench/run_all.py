@@ -94,7 +94,7 @@ def main() -> None:
             failed.append(name)
             lines.append(out.strip().splitlines()[-1] if out.strip() else f"exit {code}")
         for ln in lines:
-            if re.search(r"ratio|/ plain|per job|median|target|skipped|verdict|error", ln):
+            if re.search(r"ratio|/ plain|per job|median|target|skipped|verdict|error|/ bare", ln):
                 print(f"  {ln.strip()}")
         command = " ".join(["python", f"bench/{name}.py", *(quick if args.quick else full)])
         sections.append((name, title, command, target, lines))
