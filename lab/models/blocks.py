@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from torch import nn
 
 
@@ -17,6 +19,27 @@ def norm2d(kind: str, channels: int) -> nn.Module:
 def conv_bn_relu(cin: int, cout: int, kernel: int, norm: str, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=norm == "none"),
             norm2d(norm, cout), nn.ReLU(inplace=True)]
+
+
+def pooled_stages(in_channels: int, stem_width: int, widths: Sequence[int], image_size: Sequence[int], norm: str,
+                  stage: Callable[[int, int], tuple[list[nn.Module], list[nn.Module]]]) -> tuple[nn.Sequential, int]:
+    """A 5x5 conv stem, then one stage per width: `stage(prev, width)` gives the layers before and after
+    a 2x2 max-pool, which is left out once the feature map is down to 1 px. Returns the body and its width."""
+    size = min(int(s) for s in image_size)
+    layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
+    if size >= 2:
+        layers.append(nn.MaxPool2d(2))
+        size //= 2
+    prev = stem_width
+    for width in widths:
+        before, after = stage(prev, int(width))
+        layers += before
+        if size >= 2:
+            layers.append(nn.MaxPool2d(2))
+            size //= 2
+        layers += after
+        prev = int(width)
+    return nn.Sequential(*layers), prev
 
 
 def check_dropout(**values: float) -> None:

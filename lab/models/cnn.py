@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lab.models.blocks import Head, check_dropout, conv_bn_relu
+from lab.models.blocks import Head, check_dropout, conv_bn_relu, pooled_stages
 
 WIDTH_LADDER = (64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -31,21 +31,11 @@ class CNN(nn.Module):
                     f"model.depth for cnn must be even, 2..{2 * len(WIDTH_LADDER)} (8, 10, 12), got {depth}"
                 )
             widths = WIDTH_LADDER[: depth // 2]
-        size = min(int(s) for s in image_size)
-        layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
-        if size >= 2:
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        prev = stem_width
-        for width in widths:
-            layers += [*conv_bn_relu(prev, int(width), 3, norm), *conv_bn_relu(int(width), int(width), 3, norm)]
-            if size >= 2:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            if dropout_conv > 0:
-                layers.append(nn.Dropout2d(dropout_conv))
-            prev = int(width)
-        self.body = nn.Sequential(*layers)
+        def stage(prev: int, width: int) -> tuple[list[nn.Module], list[nn.Module]]:
+            convs = [*conv_bn_relu(prev, width, 3, norm), *conv_bn_relu(width, width, 3, norm)]
+            return convs, [nn.Dropout2d(dropout_conv)] if dropout_conv > 0 else []
+
+        self.body, prev = pooled_stages(in_channels, stem_width, widths, image_size, norm, stage)
         self.head = Head(prev, num_classes, hidden=int(hidden), dropout=float(dropout_fc))
         self.depth = 2 * len(widths)
 

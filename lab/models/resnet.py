@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lab.models.blocks import Head, check_dropout, conv_bn_relu, norm2d
+from lab.models.blocks import Head, check_dropout, conv_bn_relu, norm2d, pooled_stages
 
 
 class ResidualBlock(nn.Module):
@@ -51,19 +51,10 @@ class ResNet(nn.Module):
                                  "the cnn depth sweep is sweep=depth, the resnet one sweep=depth_resnet")
             n = (depth - 3) // 2
             widths = list(widths[:n]) + [int(widths[-1])] * max(0, n - len(widths))
-        size = min(int(s) for s in image_size)
-        layers: list[nn.Module] = [*conv_bn_relu(in_channels, stem_width, 5, norm)]
-        if size >= 2:
-            layers.append(nn.MaxPool2d(2))
-            size //= 2
-        prev = stem_width
-        for width in widths:
-            layers.append(ResidualBlock(prev, int(width), norm, float(dropout_conv), bool(residual)))
-            if size >= 2:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            prev = int(width)
-        self.body = nn.Sequential(*layers)
+        def stage(prev: int, width: int) -> tuple[list[nn.Module], list[nn.Module]]:
+            return [ResidualBlock(prev, width, norm, float(dropout_conv), bool(residual))], []
+
+        self.body, prev = pooled_stages(in_channels, stem_width, widths, image_size, norm, stage)
         self.head = Head(prev, num_classes, hidden=int(hidden), dropout=float(dropout_fc))
         self.depth = 2 * len(widths) + 3
 
