@@ -378,7 +378,7 @@ def test_ddp_run_leaves_one_folder(ddp_run):
 
 
 def test_ddp_eval_gives_the_single_process_metrics(ddp_run, tmp_path):
-    from lab.eval import evaluate
+    from lab.train.evaluate import evaluate
     from lab.train.from_checkpoint import prepare
     from tests.test_predict_eval import run_module
 

@@ -68,7 +68,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained):
 
 def test_eval_overrides_give_the_same_metrics(trained, tmp_path):
     """Another eval batch size, the cpu trainer group, every batch; val of the best checkpoint too."""
-    from lab.eval import evaluate
+    from lab.train.evaluate import evaluate
 
     job = _prepare(trained, ["data.eval_batch_size=45", "trainer=cpu", "trainer.limit_test_batches=null",
                              "trainer.limit_val_batches=null", "~callbacks.progress_bar"], tmp_path)
@@ -85,7 +85,7 @@ def test_eval_overrides_give_the_same_metrics(trained, tmp_path):
 
 def test_predict_writes_one_row_per_test_sample(trained, tmp_path):
     from lab.data.digits import DigitsDataModule
-    from lab.predict import predict
+    from lab.train.predict import predict
 
     job = _prepare(trained, [], tmp_path)
     path = predict(job, tmp_path)
@@ -166,7 +166,7 @@ def test_train_on_merges_val_and_refuses_test():
 
 def test_a_checkpoint_of_another_model_is_one_line(trained, tmp_path):
     from lab.errors import ConfigError
-    from lab.eval import evaluate
+    from lab.train.evaluate import evaluate
 
     result = run_cli(["model=cnn", "model.widths=[8,16]", f"init_from={trained['best']}",
                       f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)

@@ -9,6 +9,7 @@ from lab.data.imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
 from lab.errors import ConfigError, LabError
 from lab.retrieval.encoder import Encoder, file_sha256
 from lab.retrieval.preprocess import Preprocess
+from lab.runs.folder import CONFIG
 
 
 def checkpoint_encoder(path: Path, image_size: int | None, model_inputs: dict[str, Any] | None = None) -> Encoder:
@@ -20,7 +21,7 @@ def checkpoint_encoder(path: Path, image_size: int | None, model_inputs: dict[st
     from lab.runs.checkpoints import checkpoint_file, find_run_config, load_weights, read_checkpoint, run_dir_of
 
     path = checkpoint_file(path, "--checkpoint").resolve()
-    resolved = run_dir_of(path) / "config.yaml"  # lab's resolved copy: the run's own absolute data paths
+    resolved = run_dir_of(path) / CONFIG  # lab's resolved copy: the run's own absolute data paths
     config = resolved if resolved.is_file() else find_run_config(path)
     try:
         cfg = OmegaConf.load(config)

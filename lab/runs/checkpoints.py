@@ -15,10 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lab.errors import ConfigError, DataNotFoundError, LabError
+from lab.runs.folder import CHECKPOINTS, CONFIG, HYDRA
 
 # Where a run folder keeps its config, in order of preference: Hydra's unresolved copy
 # (so ${paths...} resolve afresh for the new job), then lab's resolved config.yaml.
-CONFIG_FILES = (".hydra/config.yaml", "config.yaml")
+CONFIG_FILES = (f"{HYDRA}/{CONFIG}", CONFIG)
 _SHOW = 5  # keys named in a mismatch message, per kind
 
 
@@ -92,7 +93,7 @@ def load_weights(module: Any, state: dict[str, Any], path: str | Path, what: str
 def run_dir_of(ckpt: Path) -> Path:
     """The run folder a checkpoint belongs to: <run>/checkpoints/x.ckpt -> <run>; otherwise the ckpt's folder."""
     ckpt = ckpt.resolve()
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else ckpt.parent
 
 
 def find_run_config(ckpt: Path, run_dir: str | Path | None = None) -> Path:

@@ -58,7 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt_path = resume.last_checkpoint(run_dir)
         epoch, purge_step = resume.checkpoint_position(read_checkpoint(ckpt_path, "resume"))
         overrides, choices = resume.saved_hydra(run_dir)
-        console.print(f"resuming {run_dir} from {resume.LAST} (saved after epoch {epoch}, step {purge_step})",
+        console.print(f"resuming {run_dir} from {folder.LAST} (saved after epoch {epoch}, step {purge_step})",
                       highlight=False, soft_wrap=True)
         purge_step += 1
     elif rerun:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lab.config.overrides import quote
 from lab.config.paths import config_dir
 from lab.errors import ConfigError, LabError
+from lab.runs.folder import CONFIG, HYDRA, OVERRIDES
 
 PATH_KEYS = ("ckpt_path", "run_dir")  # taken raw: checkpoint names may hold '=' (Lightning's epoch=3-step=9.ckpt)
 _ABSENT = object()
@@ -152,7 +153,7 @@ def _swap_groups(cfg: DictConfig, groups: list, run_dir: Path, conf_dir: str) ->
     """`trainer=cpu`: the group's node as the run would have had it with that choice added."""
     from hydra import compose, initialize_config_dir
 
-    saved = run_dir / ".hydra" / "overrides.yaml"
+    saved = run_dir / HYDRA / OVERRIDES
     earlier = [str(o) for o in OmegaConf.load(saved)] if saved.is_file() else []
     earlier = [o for o in earlier if not o.lstrip("+~").startswith("hydra.")]
     tokens = [token for token, _ in groups]
@@ -187,7 +188,7 @@ def prepare(argv: Sequence[str], own_keys: Sequence[str], entry: str,
                           "<file>.ckpt key=value ...")
     ckpt = checkpoint_file(own["ckpt_path"], "ckpt_path").resolve()
     config_file = find_run_config(ckpt, own.get("run_dir"))
-    run_dir = config_file.parent.parent if config_file.parent.name == ".hydra" else config_file.parent
+    run_dir = config_file.parent.parent if config_file.parent.name == HYDRA else config_file.parent
     try:
         cfg = OmegaConf.load(config_file)
     except Exception as err:  # noqa: BLE001 - unreadable YAML: say which file
@@ -274,7 +275,7 @@ def write_provenance(job: Job, out_dir: Path, extra: dict[str, Any] | None = Non
     """config.yaml (the run config as used, resolved) and source.yaml (checkpoint, run, overrides)."""
     from lab.utils.io import atomic_write_text
 
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(job.cfg, resolve=True))
+    atomic_write_text(out_dir / CONFIG, OmegaConf.to_yaml(job.cfg, resolve=True))
     source = {"ckpt_path": str(job.ckpt), "run_dir": str(job.run_dir), "run_config": str(job.config_file),
               "overrides": list(job.overrides), **(extra or {})}
     atomic_write_text(out_dir / "source.yaml", OmegaConf.to_yaml(OmegaConf.create(source)))

@@ -32,8 +32,8 @@ from lab.config.overrides import key_of as _key
 from lab.config.overrides import quote as _quote
 from lab.config.overrides import value_of as _value
 from lab.errors import ResumeError
+from lab.runs.folder import CONFIG, ERROR, HYDRA, HYDRA_CONFIG, LAST, METRICS, MULTIRUN, OVERRIDES
 
-LAST = Path("checkpoints") / "last.ckpt"
 EXTENDABLE = ("trainer.max_epochs",)  # what resume= accepts besides the folder
 SWEEP_ENV = "LAB_RESUME_SWEEP"
 RECORD_PREFIX = "resume_"  # .hydra/resume_<k>/: Hydra's copies for the k-th continuation
@@ -43,14 +43,14 @@ _SKIP_KEYS = ("resume", "resume_sweep")
 def next_record(folder: Path) -> str:
     """`.hydra/resume_<k>` with the first k not used yet in `folder`."""
     k = 1
-    while (folder / ".hydra" / f"{RECORD_PREFIX}{k}").exists():
+    while (folder / HYDRA / f"{RECORD_PREFIX}{k}").exists():
         k += 1
     return f".hydra/{RECORD_PREFIX}{k}"
 
 
 def records(folder: Path) -> list[Path]:
     """The run's `.hydra/resume_<k>/` folders, oldest first."""
-    found = [p for p in (folder / ".hydra").glob(f"{RECORD_PREFIX}*") if p.name[len(RECORD_PREFIX):].isdigit()]
+    found = [p for p in (folder / HYDRA).glob(f"{RECORD_PREFIX}*") if p.name[len(RECORD_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(RECORD_PREFIX):]))
 
 
@@ -76,10 +76,10 @@ def run_folder(value: str) -> Path:
         raise ResumeError(f"resume={value}: no such folder; give a run folder, "
                           "e.g. resume=outputs/runs/<date>_<time>_<name>")
     folder = folder.resolve()
-    if (folder / "multirun.yaml").is_file():
+    if (folder / MULTIRUN).is_file():
         raise ResumeError(f"resume={value} is a sweep folder; rerun a sweep with "
                           f"python -m lab.run -m <the sweep's arguments> resume_sweep={value}")
-    if not (folder / ".hydra" / "config.yaml").is_file():
+    if not (folder / HYDRA / CONFIG).is_file():
         raise ResumeError(f"resume={value} is not a lab run folder (no .hydra/config.yaml); give the folder "
                           "a run wrote, e.g. outputs/runs/<date>_<time>_<name> or a sweep job's <sweep>/<n>")
     return folder
@@ -90,7 +90,7 @@ def last_checkpoint(folder: Path, key: str = "resume") -> Path:
     ckpt = folder / LAST
     if ckpt.is_file():
         return ckpt
-    command = " ".join(read_overrides(folder / ".hydra" / "overrides.yaml"))
+    command = " ".join(read_overrides(folder / HYDRA / OVERRIDES))
     raise ResumeError(f"{key}={folder}: no {LAST}: the run stopped before it finished its first epoch, so there is "
                       f"nothing to resume; run it again: python -m lab.run {command}".rstrip())
 
@@ -99,7 +99,7 @@ def _finished_epochs(folder: Path) -> int | None:
     import json
 
     try:
-        return int(json.loads((folder / "metrics.json").read_text())["epochs"])
+        return int(json.loads((folder / METRICS).read_text())["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -152,10 +152,10 @@ def resumed_config(cfg: DictConfig, current_overrides: Sequence[str] = ()) -> Di
     if out != folder:
         raise ResumeError(f"resume={cfg.resume}: the job writes into {out}, not the run's folder; "
                           "start it with python -m lab.run resume=<run folder>")
-    saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    saved = OmegaConf.load(folder / HYDRA / CONFIG)
     if not isinstance(saved, DictConfig) or "trainer" not in saved:
         raise ResumeError(f"{folder / '.hydra' / 'config.yaml'} is not a lab run config (no trainer)")
-    tokens = [t for record in records(folder) for t in read_overrides(record / "overrides.yaml")]
+    tokens = [t for record in records(folder) for t in read_overrides(record / OVERRIDES)]
     tokens += list(current_overrides)
     for token in tokens:
         if _key(token) in EXTENDABLE and "=" in token:
@@ -168,7 +168,7 @@ def resumed_config(cfg: DictConfig, current_overrides: Sequence[str] = ()) -> Di
 def saved_hydra(folder: Path) -> tuple[list[str], dict[str, Any]]:
     """(task overrides, group choices) of the run's first launch, for its HParams entry."""
     try:
-        hydra = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
+        hydra = OmegaConf.load(folder / HYDRA / HYDRA_CONFIG).hydra
         overrides = [str(o) for o in hydra.overrides.task]
         choices = OmegaConf.to_container(hydra.runtime.choices, resolve=False)
     except Exception:  # noqa: BLE001 - an old or damaged hydra.yaml: the parameters come from the config alone
@@ -195,13 +195,13 @@ def archive_previous(folder: Path, record: Path) -> list[str]:
     previous_<name>."""
     kept = []
     record.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "config.yaml"):
+    for name in (METRICS, CONFIG):
         if (folder / name).is_file():
             shutil.copy2(folder / name, record / f"previous_{name}")
             kept.append(name)
-    if (folder / "error.json").is_file():
-        os.replace(folder / "error.json", record / "previous_error.json")
-        kept.append("error.json")
+    if (folder / ERROR).is_file():
+        os.replace(folder / ERROR, record / "previous_error.json")
+        kept.append(ERROR)
     return kept
 
 
@@ -212,8 +212,8 @@ def sweep_folder(value: str) -> Path:
         raise ResumeError(f"resume_sweep={value}: no such folder; give a sweep folder, e.g. "
                           "resume_sweep=outputs/multiruns/<date>_<time>_<name>")
     folder = folder.resolve()
-    if not (folder / "multirun.yaml").is_file():
-        hint = f"; for one run use resume={value}" if (folder / ".hydra").is_dir() else ""
+    if not (folder / MULTIRUN).is_file():
+        hint = f"; for one run use resume={value}" if (folder / HYDRA).is_dir() else ""
         raise ResumeError(f"resume_sweep={value} is not a sweep folder (no multirun.yaml){hint}")
     return folder
 
@@ -247,7 +247,7 @@ def keep_multirun(folder: Path) -> Path:
     """Copy the sweep's multirun.yaml (Hydra rewrites it for the rerun) to <sweep>/.hydra/resume_<k>/."""
     record = folder / next_record(folder)
     record.mkdir(parents=True)
-    shutil.copy2(folder / "multirun.yaml", record / "multirun.yaml")
+    shutil.copy2(folder / MULTIRUN, record / MULTIRUN)
     return record
 
 
@@ -262,12 +262,12 @@ def job_subdir(sweep: Path, overrides: Sequence[str], num: int) -> str:
             continue
         if child.name.isdigit():
             numbers.append(int(child.name))
-        saved = child / ".hydra" / "overrides.yaml"
+        saved = child / HYDRA / OVERRIDES
         if saved.is_file() and job_overrides(read_overrides(saved)) == want:
             matches.append(child)
     if matches:
         def rank(p: Path) -> tuple:
-            return (not (p / "metrics.json").is_file(), not (p / LAST).is_file(),
+            return (not (p / METRICS).is_file(), not (p / LAST).is_file(),
                     not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
         return min(matches, key=rank).name
     if not (sweep / str(num)).exists():
@@ -291,7 +291,7 @@ def _output_subdir_resolver(*, _root_: DictConfig) -> str:
     out = Path(str(_root_.hydra.runtime.output_dir))
     key = ("output_subdir", str(out))
     if key not in _RESOLVED:
-        _RESOLVED[key] = next_record(out) if (out / ".hydra" / "overrides.yaml").is_file() else ".hydra"
+        _RESOLVED[key] = next_record(out) if (out / HYDRA / OVERRIDES).is_file() else HYDRA
     return _RESOLVED[key]
 
 
@@ -321,7 +321,7 @@ def register_resolvers() -> None:
 
 def sweep_state(folder: Path) -> str:
     """What a resume_sweep job finds in its folder: 'done', 'checkpoint' or 'fresh'."""
-    if (folder / "metrics.json").is_file():
+    if (folder / METRICS).is_file():
         return "done"
     if (folder / LAST).is_file():
         return "checkpoint"
