@@ -72,9 +72,9 @@ def test_a_model_that_does_not_take_the_datas_arguments_is_named():
 
 
 def test_the_contract_is_checked_when_a_run_builds_its_model(tmp_path):
-    from lab.build import build_parts
-
     from omegaconf import OmegaConf, open_dict
+
+    from lab.build import build_parts
 
     cfg = compose([], tmp_path)
     with open_dict(cfg):
