@@ -21,6 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_in_process
@@ -78,12 +79,19 @@ def tree(tmp_path_factory):
             package = ".".join(Path(rel).parent.parts)
             packages[package] = str(top / Path(rel).parent)
             modules.append(f"{package}.{Path(rel).stem}")
+    import torch
+
+    threads = torch.get_num_threads()
+    # Tiny fits: one thread. On the 2 shared cores, two OpenMP threads that wait for each other
+    # make a MobileNet step 10-100x slower whenever another process is busy.
+    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(paths, "config_dir", lambda: str(top / "conf"))
         for name, folder in packages.items():
             package = importlib.import_module(name)
             mp.setattr(package, "__path__", [folder, *package.__path__])
         yield {"root": top, "blocks": blocks}
+    torch.set_num_threads(threads)
     for name in modules:
         sys.modules.pop(name, None)
 
@@ -107,6 +115,8 @@ def test_the_page_marks_every_example_with_its_file():
 
 def test_new_dataset_trains_with_its_fixture(tree, tmp_path):
     """The page's test module: its fixture writes the real on-disk files, its test fits on them."""
+    import torch
+
     spec = importlib.util.spec_from_file_location("tests._doc_test_npz_data", tree["root"] / "tests/test_npz_data.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -133,6 +143,18 @@ def test_new_dataset_trains_with_its_fixture(tree, tmp_path):
     data.setup("fit")
     assert data.class_names == ["dark", "grey", "light"] and data.model_inputs()["in_channels"] == 1
     assert sum(data.split_sizes().values()) == 3 * 40 + 3 * 10
+    # colour arrays [N, H, W, 3] become [N, 3, H, W], each pixel's channels kept together
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 5, 7, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        np.savez(colour / f"{split}.npz", images=rgb, labels=np.arange(20) % 2)
+    (colour / "classes.txt").write_text("a\nb\n")
+    data = NpzDataModule(root=str(colour), seed=0, val_fraction=0.5)
+    data.setup("fit")
+    assert data.model_inputs() == {"in_channels": 3, "num_classes": 2, "image_size": [5, 7]}
+    images = data.splits["test"][0]
+    assert images.dtype == torch.uint8 and torch.equal(images[3, :, 4, 6], torch.from_numpy(rgb[3, 4, 6]))
 
 
 # --- 2. a new torchvision architecture ------------------------------------------------------
@@ -174,7 +196,8 @@ def test_new_torchvision_entries_build_meet_the_contract_and_train(tree, tmp_pat
     assert torch.equal(loaded.net.state_dict()[first], reference.state_dict()[first])
 
     run_dir = tmp_path / "run"
-    overrides = [*commands(sections()["2"])[0], *quick(1), "logger=none", "data.batch_size=32"]
+    overrides = [*commands(sections()["2"])[0], *quick(1), "logger=none", "trainer.limit_train_batches=2",
+                 "trainer.limit_val_batches=1", "data.batch_size=16", "data.eval_batch_size=32"]
     metrics = run_in_process(overrides, run_dir)
     assert 0.0 <= metrics["test/top1"] <= 1.0 and metrics["epochs"] == 1
     saved = (run_dir / "config.yaml").read_text()
@@ -184,9 +207,16 @@ def test_new_torchvision_entries_build_meet_the_contract_and_train(tree, tmp_pat
 # --- 3. a new task with its own objective -----------------------------------------------------
 
 
-def val_losses(run_dir: Path) -> dict[int, float]:
+def per_epoch(run_dir: Path, key: str) -> dict[int, float]:
+    """`key` at each validation epoch, from the CSV logger's metrics.csv."""
     with open(run_dir / "metrics.csv") as f:
-        return {int(row["epoch"]): float(row["val/loss"]) for row in csv.DictReader(f) if row.get("val/loss")}
+        return {int(row["epoch"]): float(row[key]) for row in csv.DictReader(f) if row.get(key)}
+
+
+def kept_checkpoint(run_dir: Path) -> Path:
+    kept = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(kept) == 1, kept
+    return kept[0]
 
 
 def test_new_task_keeps_the_checkpoint_of_its_objective(tree, tmp_path):
@@ -195,12 +225,12 @@ def test_new_task_keeps_the_checkpoint_of_its_objective(tree, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*commands(sections()["3"])[0], *quick(4), "logger=csv"]
     metrics = run_in_process(overrides, run_dir)
-    losses = val_losses(run_dir)
+    losses = per_epoch(run_dir, "val/loss")
     assert sorted(losses) == [0, 1, 2, 3]
-    lowest = min(losses, key=losses.get)
-    kept = [p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
-    assert [p.name[:14] for p in kept] == [f"epoch{lowest:03d}-loss_"], (kept, losses)
-    assert torch.load(kept[0], map_location="cpu", weights_only=True)["epoch"] == lowest
+    lowest = min(losses, key=losses.get)  # the first of equal values, as the checkpoint keeps it
+    kept = kept_checkpoint(run_dir)
+    assert kept.name.startswith(f"epoch{lowest:03d}-loss_"), (kept, losses)
+    assert torch.load(kept, map_location="cpu", weights_only=True)["epoch"] == lowest
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val/loss_best"] == pytest.approx(losses[lowest], rel=1e-5)
     assert saved["best_epoch"] == lowest and "val/top1_best" not in saved
@@ -210,9 +240,12 @@ def test_new_task_keeps_the_checkpoint_of_its_objective(tree, tmp_path):
 
 def test_new_task_ranks_by_its_new_metric_from_the_command_line(tree, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = [*commands(sections()["3"])[1], *quick(2), "logger=none"]
+    overrides = [*commands(sections()["3"])[1], *quick(3), "logger=csv"]
     assert "task.objective.metric=val/balanced_top1" in overrides
     run_in_process(overrides, run_dir)
+    scores = per_epoch(run_dir, "val/balanced_top1")
+    highest = max(scores, key=scores.get)
+    assert kept_checkpoint(run_dir).name.startswith(f"epoch{highest:03d}-balanced_top1_"), scores
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert "val/balanced_top1_best" in saved and "val/loss_best" not in saved
-    assert [p.name.split("-")[1][:14] for p in (run_dir / "checkpoints").glob("epoch*.ckpt")] == ["balanced_top1_"]
+    assert saved["val/balanced_top1_best"] == pytest.approx(scores[highest], rel=1e-5)
+    assert saved["best_epoch"] == highest and "val/loss_best" not in saved
