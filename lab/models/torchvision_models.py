@@ -14,36 +14,14 @@ features(x) is the input of the head (lab/models/contract.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lab.errors import ConfigError, DataNotFoundError
+from lab.models.architectures import ARCHITECTURES, ARCHS, Arch  # noqa: F401 - the registry
 from lab.models.contract import final_linear
-
-
-@dataclass(frozen=True)
-class Arch:
-    """One torchvision classifier: its weights enum in torchvision.models (`pretrained` loads its
-    IMAGENET1K_V1), the dotted path of its final nn.Linear, and the builder function's name
-    (None: the entry's own name)."""
-
-    weights: str
-    head: str
-    builder: str | None = None
-
-
-ARCHITECTURES: dict[str, Arch] = {
-    "resnet18": Arch("ResNet18_Weights", head="fc"),
-    "resnet34": Arch("ResNet34_Weights", head="fc"),
-    "resnet50": Arch("ResNet50_Weights", head="fc"),
-    "vgg16": Arch("VGG16_Weights", head="classifier.6"),
-}
-
-# name -> weights enum name (lab.retrieval.encoder reads it).
-ARCHS = {name: arch.weights for name, arch in ARCHITECTURES.items()}
 
 
 def architecture(name: str) -> Arch:

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError, DataNotFoundError, LabError
+from lab.models.architectures import ARCHITECTURES
 from lab.retrieval.checkpoint_backbone import checkpoint_encoder
 from lab.retrieval.encoder import Encoder, file_sha256
 from lab.retrieval.preprocess import Preprocess
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "vgg16")
+BACKBONES = tuple(ARCHITECTURES)  # every torchvision architecture lab trains
 DEFAULT_BACKBONE = "resnet50"
 
 
@@ -71,8 +72,8 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
 
     if arch not in BACKBONES:
         raise ConfigError(f"--backbone must be one of {', '.join(BACKBONES)}, got {arch!r}")
-    net = getattr(tvm, arch)(weights=None)
-    head = "fc." if arch.startswith("resnet") else "classifier.6."
+    net = getattr(tvm, ARCHITECTURES[arch].builder or arch)(weights=None)
+    head = ARCHITECTURES[arch].head + "."
     info: dict[str, Any] = {"kind": "torchvision", "arch": arch}
     if weights:
         from lab.runs.checkpoints import checkpoint_file, read_checkpoint, state_dict_of
@@ -83,17 +84,14 @@ def _torchvision_encoder(arch: str, weights: str | None, image_size: int) -> Enc
             state = {k.split("model.net.", 1)[1]: v for k, v in state.items() if k.startswith("model.net.")}
         info.update(weights="file", weights_file=str(path), sha256=file_sha256(path))
     else:
-        from lab.models.torchvision_models import ARCHS
-
+        enum = ARCHITECTURES[arch].weights
         state = _imagenet_weights(arch)
-        url = getattr(tvm, ARCHS[arch]).IMAGENET1K_V1.url
-        info.update(weights=f"{ARCHS[arch]}.IMAGENET1K_V1", weights_file=None, url=url)
-    if arch.startswith("resnet"):
-        net.fc = nn.Identity()
-        info["feature_dim"] = 512 if arch in ("resnet18", "resnet34") else 2048
-    else:
-        net.classifier[6] = nn.Identity()
-        info["feature_dim"] = 4096
+        url = getattr(tvm, enum).IMAGENET1K_V1.url
+        info.update(weights=f"{enum}.IMAGENET1K_V1", weights_file=None, url=url)
+    parent, _, leaf = ARCHITECTURES[arch].head.rpartition(".")
+    owner = net.get_submodule(parent) if parent else net
+    info["feature_dim"] = int(getattr(owner, leaf).in_features)  # what the classifier head receives
+    setattr(owner, leaf, nn.Identity())
     from lab.runs.checkpoints import load_weights
 
     state = {k: v for k, v in state.items() if not k.startswith(head)}  # the classifier head is not used
