@@ -113,3 +113,14 @@ def test_cfg_job_prints_composed_config():
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert OmegaConf.create(out.stdout).optimizer.lr == 0.123
+
+
+def test_a_config_group_option_from_hydras_search_path_is_not_refused(tmp_path):
+    """Extensions may live outside conf/ (hydra.searchpath): the early option check leaves those to Hydra."""
+    from lab.config.paths import config_dir
+    from lab.config.sweep_checks import check_sweep
+    from lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data=mine: no such option"):
+        check_sweep(["data=mine"], config_dir())
+    check_sweep([f"hydra.searchpath=[file://{tmp_path}]", "data=mine"], config_dir())

@@ -23,7 +23,10 @@ def _sweep_name(overrides: list[str]) -> str | None:
 
 def check_group_options(argv: list[str], conf_dir: str) -> None:
     """`experiment=nope` (or any group=option naming no file in conf/<group>/) fails in one
-    line that lists the group's options, before Hydra starts and writes anything."""
+    line that lists the group's options, before Hydra starts and writes anything. With
+    `hydra.searchpath=[...]` options may live in other folders too: Hydra then checks them itself."""
+    if _extra_search_path(argv):
+        return
     root = Path(conf_dir)
     for arg in argv:
         if arg.startswith("-") or "=" not in arg:
@@ -44,6 +47,10 @@ def check_group_options(argv: list[str], conf_dir: str) -> None:
                                   f"available {group} options: {', '.join(available)}")
 
 
+def _extra_search_path(argv: list[str]) -> bool:
+    return any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv)
+
+
 def check_sweep(argv: list[str], conf_dir: str) -> None:
     """Raise ConfigError when the sweep named in `argv` sweeps a key the config lacks
     (and, first, when any group=option names no option)."""
@@ -52,7 +59,7 @@ def check_sweep(argv: list[str], conf_dir: str) -> None:
         return
     overrides = [a for a in argv if not a.startswith("-")]
     name = _sweep_name(overrides)
-    if name is None:
+    if name is None or _extra_search_path(argv):
         return
     sweep_file = Path(conf_dir) / "sweep" / f"{name}.yaml"
     if not sweep_file.is_file():
