@@ -391,6 +391,12 @@ def main() -> None:
         overrides.append(f"trainer.limit_train_batches={steps}")
     pairs: dict[str, list[tuple[float, float]]] = {"lab": [], "bare": [], "control": []}
     lines = []
+
+    def report(line: str) -> None:
+        """Keeps `line` for the summary and shows it now on stderr (a full run takes many minutes)."""
+        lines.append(line)
+        print(line, file=sys.stderr, flush=True)
+
     how = f"(taking turns every {args.interleave} steps)" if args.interleave else "(whole runs back to back)"
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         warm_up(overrides, Path(tmp))
@@ -401,8 +407,8 @@ def main() -> None:
                 if side == "control":
                     a, b = run_control(overrides, steps, args.interleave)
                     pairs["control"].append((a, b))
-                    lines.append(f"control {rep + 1}: plain {a:.2f} s vs plain {b:.2f} s   ratio {a / b:.3f}   "
-                                 "(the same loop on both sides: the method's own error)")
+                    report(f"control {rep + 1}: plain {a:.2f} s vs plain {b:.2f} s   ratio {a / b:.3f}   "
+                           "(the same loop on both sides: the method's own error)")
                     continue
                 run_dir = Path(tmp) / f"{side}{rep}"
                 if args.interleave:
@@ -415,11 +421,11 @@ def main() -> None:
                     plain_s = run_plain(overrides, steps)
                     mine_s = run_alone(side, overrides, run_dir)
                 pairs[side].append((mine_s, plain_s))
-                lines.append(f"{LABELS[side]} {rep + 1}: fit {mine_s:.2f} s   plain {plain_s:.2f} s   "
-                             f"ratio {mine_s / plain_s:.3f}   {how}")
+                report(f"{LABELS[side]} {rep + 1}: fit {mine_s:.2f} s   plain {plain_s:.2f} s   "
+                       f"ratio {mine_s / plain_s:.3f}   {how}")
                 if args.interleave:
-                    lines.append(parts_line(mine, plain))
-    print("\n" + "\n".join(lines))
+                    report(parts_line(mine, plain))
+    print("\n" + "\n".join(lines))  # on stdout, together, after the Trainers' own output
 
     ratios = {side: [a / b for a, b in found] for side, found in pairs.items()}
     ratios["lab/bare"] = [lab / bare for lab, bare in zip(ratios["lab"], ratios["bare"])]
