@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lab.config.paths import config_dir
-from lab.train.evaluate import SPLITS, check_splits, evaluate  # noqa: F401 - the entry point's API
+from lab.train.evaluate import check_splits, evaluate
 
 OWN_KEYS = ("splits", "name")
 

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from lab.config.paths import config_dir
-from lab.train.predict import check_own, predict  # noqa: F401 - the entry point's API
+from lab.train.predict import check_own, predict
 
 OWN_KEYS = ("split", "top_k", "name")
 

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lab.utils.png import add_png, encode_png
+from lab.utils.png import encode_png
 
 _LIGHT = np.array([247, 251, 255], dtype=np.float32)  # the ends of matplotlib's "Blues"
 _DARK = np.array([8, 48, 107], dtype=np.float32)
@@ -119,17 +119,18 @@ class ConfusionMatrixLogger(L.Callback):
 
             loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
             if loggers:
-                png, (height, width) = self._picture(trainer, split)
+                image = self._picture(trainer, split)
                 for logger in loggers:
-                    add_png(logger.experiment, f"{split}/confusion_matrix", png, height, width, trainer.global_step)
+                    logger.experiment.add_image(f"{split}/confusion_matrix", image, trainer.global_step,
+                                                dataformats="HWC")
 
-    def _picture(self, trainer: L.Trainer, split: str) -> tuple[bytes, tuple[int, int]]:
-        """The PNG of the split's last matrix and its (height, width), drawn and encoded once."""
+    def _picture(self, trainer: L.Trainer, split: str):
+        """The picture (H, W, 3 uint8) of the split's last matrix, drawn once; its PNG is kept for the run folder."""
         matrix = self.last[split]
         title = f"val confusion, epoch {self._epoch[split]}" if split == "val" else f"{split} confusion"
         image = render_confusion(matrix, self._names(trainer, len(matrix)), title)
         self._png[split] = encode_png(image)
-        return self._png[split], image.shape[:2]
+        return image
 
     def _names(self, trainer: L.Trainer, n: int) -> list[str]:
         names = list(getattr(trainer.datamodule, "class_names", None) or [])
@@ -153,8 +154,9 @@ class ConfusionMatrixLogger(L.Callback):
             return
         out = Path(trainer.default_root_dir)
         matrix = self.last[split]
-        png = self._png.get(split) or self._picture(trainer, split)[0]
-        (out / f"confusion_{split}.png").write_bytes(png)
+        if split not in self._png:
+            self._picture(trainer, split)
+        (out / f"confusion_{split}.png").write_bytes(self._png[split])
         write_confusion_csv(out / f"confusion_{split}.csv", matrix, self._names(trainer, len(matrix)))
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from lab.utils.png import add_png, encode_png
+from lab.utils.png import encode_png
 
 TRUE_COLOUR, NET_COLOUR, POINT_COLOUR = (30, 30, 30), (214, 39, 40), (150, 185, 230)
 
@@ -165,10 +165,11 @@ class FunctionPlotLogger(L.Callback):
         image = render_fit(c["x"], c["true"], c["net"], c["x_train"], c["y_train"], title, subtitle)
         return image, c
 
-    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, bytes, dict, tuple]:
+    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """(the picture, H x W x 3 uint8); its PNG is kept for the run folder."""
         image, c = self.render(trainer, pl_module)
         self._last = (self._epochs(trainer, pl_module), encode_png(image, colors=32), c)
-        return (*self._last, image.shape[:2])
+        return image
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -182,9 +183,9 @@ class FunctionPlotLogger(L.Callback):
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if loggers or (last and self.save_png):
-            _, png, _, (height, width) = self._snapshot(trainer, pl_module)
+            image = self._snapshot(trainer, pl_module)
             for logger in loggers:
-                add_png(logger.experiment, "function_fit", png, height, width, epoch)
+                logger.experiment.add_image("function_fit", image, epoch, dataformats="HWC")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.save_png or not trainer.is_global_zero or trainer.fast_dev_run:

@@ -23,6 +23,3 @@ ARCHITECTURES: dict[str, Arch] = {
     "resnet50": Arch("ResNet50_Weights", head="fc"),
     "vgg16": Arch("VGG16_Weights", head="classifier.6"),
 }
-
-# name -> weights enum name.
-ARCHS = {name: arch.weights for name, arch in ARCHITECTURES.items()}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lab.errors import ConfigError, DataNotFoundError
-from lab.models.architectures import ARCHITECTURES, ARCHS, Arch  # noqa: F401 - the registry
+from lab.models.architectures import ARCHITECTURES, Arch  # noqa: F401 - Arch: for registry entries
 from lab.models.contract import final_linear
 
 

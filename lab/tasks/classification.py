@@ -108,7 +108,7 @@ class ClassificationTask(Task):
             x = x.contiguous(memory_format=torch.channels_last)
         logits = self(x)
         loss = self.criterion(logits, y)
-        self.defer(f"{split}/topk", metrics, logits.detach(), y)
+        metrics.update(logits.detach(), y)
         self.track(f"{split}/loss", loss, len(y))
         return loss, logits, y
 
@@ -116,10 +116,6 @@ class ClassificationTask(Task):
     # Steps only add their tensors to device-side sums (torchmetrics states): no host sync,
     # and no Lightning `self.log` per step. Each epoch's values are computed once (synced
     # across DDP processes), logged and reset in the epoch-end hooks.
-    def defer(self, key: str, metric, *args: torch.Tensor) -> None:
-        """`metric.update(*args)` (`key` names it for subclasses that route updates)."""
-        metric.update(*args)
-
     def track(self, key: str, value: torch.Tensor, weight: int) -> None:
         """Adds one batch's `value`, weighted by its `weight` samples, to the epoch mean `key`."""
         metric = self._means.get(key)

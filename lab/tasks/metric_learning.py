@@ -158,7 +158,7 @@ class MetricLearningTask(ClassificationTask):
             loss = self.triplet_weight * triplet + self.ce_weight * ce
             for key, value in (("triplet_loss", triplet), ("active_triplets", active), ("ce_loss", ce)):
                 self.track(f"train/{key}", value, len(y))
-        self.defer("train/topk", self.train_acc, logits.detach(), y)
+        self.train_acc.update(logits.detach(), y)
         self.track("train/loss", loss, len(y))
         return loss
 
@@ -167,7 +167,7 @@ class MetricLearningTask(ClassificationTask):
         feats = self._embed(x)
         logits = self.classifier(feats)
         loss = self.criterion(logits, y)
-        self.defer(f"{split}/topk", metrics, logits.detach(), y)
+        metrics.update(logits.detach(), y)
         self.track(f"{split}/loss", loss, len(y))
         self._features.setdefault(split, []).append((feats.detach().float().cpu(), y.detach().cpu()))
         return {"preds": logits.argmax(dim=1), "target": y}
