@@ -9,7 +9,8 @@ validation pass over the 5,000 val images after every epoch. All on the CPU.
 - lab: `lab.train.fit.train` on the config `python -m lab.run experiment=cnn_fashionmnist`
   composes, everything at its defaults (progress bar, TensorBoard scalars, train/val
   top-1/top-5, best and last checkpoints, the val confusion matrix image every epoch), with
-  Lightning's loop as it ships. Timed: `trainer.fit`.
+  Lightning's loop as it ships. Timed: `trainer.fit` (from the
+  callbacks' setup hook to their teardown).
 - bare Lightning: the plain loop's work as a LightningModule (the same model class, loaders,
   transforms, loss, optimizer and schedule; a running loss and accuracy kept as tensors, no
   `self.log`) in a default Trainer with logger=False, enable_checkpointing=False,
@@ -53,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import FASHION, compose, timed_fits  # noqa: E402  (bench/ is not a package)
+from common import FASHION, compose, fit_clock  # noqa: E402  (bench/ is not a package)
 
 PLAIN_TARGET = 1.06  # lab / plain, at most
 
@@ -104,15 +105,17 @@ def reference_parts(overrides: list[str]):
     return cfg, data, model.to(memory_format=torch.channels_last)
 
 
-def run_lab(overrides: list[str], run_dir: Path) -> None:
-    """One lab run, `python -m lab.run`'s train function, without the test of the best checkpoint."""
+def run_lab(overrides: list[str], run_dir: Path, callbacks: tuple = ()) -> None:
+    """One lab run, `python -m lab.run`'s train function, without the test of the best checkpoint;
+    `callbacks` join the config's."""
     from lab.train.fit import train
 
-    train(compose([*overrides, "test=false"], run_dir))
+    train(compose([*overrides, "test=false"], run_dir), callbacks=callbacks)
 
 
-def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
-    """The plain loop's work as a LightningModule in a bare Trainer (see the module doc)."""
+def run_bare_lightning(overrides: list[str], run_dir: Path, callbacks: tuple = ()) -> None:
+    """The plain loop's work as a LightningModule in a bare Trainer (see the module doc), with
+    `callbacks` (the bench's clocks)."""
     import lightning as L
     import torch
 
@@ -160,7 +163,8 @@ def run_bare_lightning(overrides: list[str], run_dir: Path) -> None:
                         enable_model_summary=False, num_sanity_val_steps=int(cfg.trainer.num_sanity_val_steps),
                         accelerator="cpu", max_epochs=int(cfg.trainer.max_epochs),
                         limit_train_batches=cfg.trainer.limit_train_batches,
-                        limit_val_batches=cfg.trainer.limit_val_batches, default_root_dir=run_dir)
+                        limit_val_batches=cfg.trainer.limit_val_batches, default_root_dir=run_dir,
+                        callbacks=list(callbacks))
     trainer.fit(Bare(), train_dataloaders=data.train_dataloader(), val_dataloaders=data.val_dataloader())
 
 
@@ -248,9 +252,9 @@ def run_plain(overrides: list[str], steps: int | None = None) -> float:
 
 def run_alone(side: str, overrides: list[str], run_dir: Path) -> float:
     """`trainer.fit` seconds of one lab or bare-Lightning run, alone."""
-    with timed_fits() as fits:
-        SIDES[side](overrides, run_dir)
-    return fits[0][0]
+    clock = fit_clock()
+    SIDES[side](overrides, run_dir, (clock,))
+    return clock.fits[0][0]
 
 
 def run_interleaved(side: str, overrides: list[str], run_dir: Path, steps: int | None,
@@ -314,12 +318,12 @@ def run_interleaved(side: str, overrides: list[str], run_dir: Path, steps: int |
 
     with as_plain_script():
         next(plain)  # the plain side builds its model and data, then runs its first chunk
-    with timed_fits(HandOver(), clocks=(my_clock,)) as fits:
-        SIDES[side](overrides, run_dir)
+    clock = fit_clock((my_clock,))
+    SIDES[side](overrides, run_dir, (HandOver(), clock))
     with as_plain_script():
         for _ in plain:  # the Trainer finished first: the rest of the plain loop
             pass
-    mine["total"] = fits[0][0]
+    mine["total"] = clock.fits[0][0]
     mine["other"] = mine["total"] - mine["train"] - mine["val"]
     plain_times = {"total": plain_result["seconds"], "val": plain_result["val_seconds"]}
     plain_times["train"] = plain_times["total"] - plain_times["val"]

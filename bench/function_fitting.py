@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import compose, timed_fits  # noqa: E402  (bench/ is not a package)
+from common import compose, fit_clock  # noqa: E402  (bench/ is not a package)
 
 OVERRIDES = ["experiment=mlp_function"]
 
@@ -46,9 +46,9 @@ def run_lab(overrides: list[str], run_dir: Path) -> tuple[float, float, float, f
     """(trainer.fit seconds, its CPU seconds, lab.run's wall_time_s, final train/mse) of one lab run."""
     from lab.train.fit import train
 
-    with timed_fits(clocks=(time.perf_counter, time.process_time)) as fit_seconds:
-        metrics = train(compose(overrides, run_dir))  # prints what `python -m lab.run` prints, progress bar included
-    return (*fit_seconds[0], float(metrics["wall_time_s"]), float(metrics["train/mse"]))
+    clock = fit_clock((time.perf_counter, time.process_time))
+    metrics = train(compose(overrides, run_dir), callbacks=[clock])  # prints what `python -m lab.run` prints
+    return (*clock.fits[0], float(metrics["wall_time_s"]), float(metrics["train/mse"]))
 
 
 def run_plain(overrides: list[str]) -> tuple[float, float, float]:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import FASHION, compose, timed_fits  # noqa: E402  (bench/ is not a package)
+from common import FASHION, compose  # noqa: E402  (bench/ is not a package)
 
 
 def overrides(args) -> list[str]:
@@ -64,8 +64,7 @@ def run_lab(args) -> float:
                 sync(args.device)
                 marks["start" if batch_idx + 1 == first else "end"] = time.perf_counter()
 
-    with timed_fits(StepTimer()):
-        train(compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-"))))
+    train(compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-"))), callbacks=[StepTimer()])
     return marks["end"] - marks["start"]
 
 

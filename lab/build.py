@@ -7,6 +7,7 @@ of construction, same data split and eval transform). Heavy imports stay inside 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,8 +162,10 @@ def _task_class_flag(cfg: DictConfig, name: str) -> bool:
         return False
 
 
-def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, **kwargs: Any):
-    """The Trainer with the config's callbacks and loggers.
+def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, callbacks: Sequence[Any] = (),
+                  **kwargs: Any):
+    """The Trainer with the config's callbacks and loggers, plus `callbacks` (from code that drives
+    a run, such as bench/'s clocks).
 
     `fitting=False` (lab.eval, lab.predict) drops the callbacks that only make sense while
     training (checkpointing, early stopping), so evaluating never writes a checkpoint.
@@ -179,6 +182,7 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
     # Lightning's sync_dist; its advice to add it would only add an all-reduce.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     reset_after_previous_job()  # the next job of a multirun starts its own DDP processes
+    extra = list(callbacks)
     callbacks = [instantiate(c, _convert_="all") for c in (cfg.get("callbacks") or {}).values() if c]
     # Built (so their settings are checked) but not handed over when they have nothing to do in
     # this run (viz off): Lightning calls every callback at every hook, ~40 calls a training step.
@@ -187,6 +191,7 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, *
         from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
         callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
+    callbacks += extra
     found = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c] if loggers else []
     # Resolved in the whole config (interpolations), minus lab's own keys.
     node = {k: v for k, v in resolve_speed_defaults(cfg.trainer).items() if k not in SPEED_KEYS}

@@ -166,3 +166,71 @@ def test_the_best_checkpoint_is_the_objectives_best_epoch_and_last_is_every_epoc
     assert metrics["best_epoch"] == min(val_loss, key=val_loss.get)
     assert metrics["val/loss_best"] == pytest.approx(min(val_loss.values()), rel=1e-5)
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
+def _resolve(dotted: str):
+    """The module or the object a dotted name imports."""
+    try:
+        return importlib.import_module(dotted)
+    except ImportError:
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+def _replacements(source: str) -> list[str]:
+    """`<third-party name>.<path> = ...` and `setattr(<third-party name>..., ...)` in `source`
+    whose target is now a function, method or class: a run-time replacement."""
+    import ast
+
+    tree = ast.parse(source)
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] in THIRD_PARTY:
+                    # `import a.b` binds a; `import a.b as c` binds c to a.b
+                    aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in THIRD_PARTY:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+
+    def dotted(node: ast.AST) -> list[str] | None:
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.insert(0, node.attr)
+            node = node.value
+        return [node.id, *parts] if isinstance(node, ast.Name) and node.id in aliases else None
+
+    targets = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(t, ast.Attribute) and (path := dotted(t)):
+                    targets.append(path)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr" and node.args \
+                and (path := dotted(node.args[0])) and isinstance(node.args[1], ast.Constant):
+            targets.append([*path, node.args[1].value])
+    found = []
+    for root, *attrs in targets:
+        obj = _resolve(aliases[root])
+        for attr in attrs[:-1]:
+            obj = getattr(obj, attr, None)
+        current = getattr(obj, attrs[-1], None)
+        if callable(current) or isinstance(current, (property, staticmethod, classmethod)):
+            found.append(".".join([aliases[root], *attrs]))
+    return found
+
+
+def test_no_lab_or_bench_code_assigns_to_lightning_hydra_or_torch():
+    """A source check that also covers bench/ and the code a test run never reaches."""
+    files = sorted([*(ROOT / "lab").rglob("*.py"), *(ROOT / "bench").glob("*.py")])
+    found = {str(p.relative_to(ROOT)): hits for p in files if (hits := _replacements(p.read_text()))}
+    assert found == {}, found
+    assert len(files) > 60
+
+
+def test_the_source_check_finds_a_replacement():
+    assert _replacements("import lightning as L\nL.Trainer.fit = lambda *a: None\n") == ["lightning.Trainer.fit"]
+    assert _replacements("from lightning.pytorch import Trainer\nsetattr(Trainer, 'fit', None)\n") \
+        == ["lightning.pytorch.Trainer.fit"]
+    assert _replacements("import torch\ntorch.backends.cudnn.benchmark = True\n") == []  # a setting, not code

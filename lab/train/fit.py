@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from lab.runs import folder
 from lab.train import resume
 
+if TYPE_CHECKING:
+    import lightning as L
 
-def train(cfg: DictConfig) -> dict[str, float]:
+
+def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, float]:
     """Run one job from a composed config; returns the metrics written to metrics.json.
 
+    `callbacks` join the config's (for code that drives a run: bench/ times fits with one).
     With `resume=<run>` (or a resume_sweep job whose folder holds a checkpoint) the run's saved
     config is used and fitting continues from its last.ckpt; a resume_sweep job whose folder
     holds metrics.json is skipped and returns them."""
     import warnings
-
-    import lightning as L
 
     from lab.build import as_float, build_parts, build_trainer
     from lab.runs.checkpoints import init_weights, read_checkpoint
@@ -81,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         source = init_weights(task, cfg.init_from)
         console.print(f"initialised the weights from {source} (optimizer state not loaded)", highlight=False,
                       soft_wrap=True)
-    trainer: L.Trainer = build_trainer(cfg)
+    trainer: L.Trainer = build_trainer(cfg, callbacks=callbacks)
 
     # Everything is built and checked: only now write into the run folder.
     if rank_zero:
