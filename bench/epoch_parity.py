@@ -96,11 +96,12 @@ def reference_parts(overrides: list[str]):
     from hydra.utils import instantiate
 
     from lab.build import instantiate_node
+    from lab.utils.seeds import stream_seed
 
     cfg = compose(overrides)
-    torch.manual_seed(cfg.seed)
     data = instantiate(cfg.data, seed=cfg.seed)
     data.setup("fit")
+    torch.manual_seed(stream_seed(cfg.seed, "weights", bits=32))  # lab's initial-weights stream
     model = instantiate_node(cfg.model, **data.model_inputs())
     return cfg, data, model.to(memory_format=torch.channels_last)
 

@@ -60,7 +60,9 @@ def run_plain(overrides: list[str]) -> tuple[float, float, float]:
     data = instantiate(cfg.data, seed=cfg.seed)
     data.setup("fit")
     x, y = data.splits["train"]
-    torch.manual_seed(cfg.seed)  # lab.run seeds, builds the data (its own generators), then the model
+    from lab.utils.seeds import stream_seed
+
+    torch.manual_seed(stream_seed(cfg.seed, "weights", bits=32))  # as lab seeds the model's initial weights
     model = instantiate(cfg.model, **data.model_inputs()).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
     loss_fn = torch.nn.MSELoss()

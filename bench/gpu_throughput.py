@@ -74,8 +74,7 @@ def run_plain(args) -> float:
     from lab.build import build_parts
 
     cfg = compose(overrides(args), Path(tempfile.mkdtemp(prefix="bench-gpu-plain-")))
-    torch.manual_seed(cfg.seed)
-    parts = build_parts(cfg)
+    parts = build_parts(cfg)  # seeded as lab seeds a run
     data, device = parts.datamodule, torch.device(args.device)
     images, labels = (t.to(device) for t in data.splits["train"])
     model = parts.model.to(device).to(memory_format=torch.channels_last)

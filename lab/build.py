@@ -41,15 +41,17 @@ class Parts:
 def build_parts(cfg: DictConfig) -> Parts:
     """Seed, then the datamodule (set up), the model sized from it, and the task around the model.
 
-    The order is fixed: seeding first and building the model right after the data keeps a
-    run's initial weights the same whichever entry point builds it.
+    Every random stream has its own seed (lab.utils.seeds): the data draws its split, noise,
+    order and augmentation from generators of its own, and the global generators are seeded
+    for the "weights" stream just before the model is built, so a run's initial weights are
+    the same whichever entry point builds it and share no seed with any other stream.
     """
     import lightning as L
     from hydra.utils import instantiate
 
     from lab.errors import ConfigError
+    from lab.utils.seeds import stream_seed
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     scheduler = None
     if cfg.get("scheduler"):
         if "_target_" not in cfg.scheduler:
@@ -62,6 +64,7 @@ def build_parts(cfg: DictConfig) -> Parts:
     datamodule.setup("fit")
     # The data sizes the model and the task (the only coupling between the boxes).
     inputs = datamodule.model_inputs()
+    L.seed_everything(stream_seed(cfg.seed, "weights", bits=32), workers=True, verbose=False)
     target = str(cfg.model.get("_target_", ""))
     if target:
         from hydra.utils import get_class

@@ -5,8 +5,8 @@ Killed mid-epoch and resumed from last.ckpt, a run replays the interrupted epoch
 replay to be the same epoch, everything random in an epoch must depend only on (seed,
 epoch), never on how many epochs this process has run:
 
-- torch (dropout; CUDA too), numpy and random are reseeded at every train epoch start from
-  (seed, epoch, rank);
+- torch (dropout; CUDA too), numpy and random are reseeded at every train epoch start for
+  the "dropout" stream of (seed, epoch, rank) (lab.utils.seeds);
 - the datamodule's `set_epoch(epoch)` (batch order, augmentation), when it has one, is
   called at the same moment;
 - the task's best-so-far trackers (torchmetrics Max/MinMetric states are not saved in the
@@ -24,12 +24,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchmetrics.aggregation import MaxMetric, MinMetric
 
+from lab.utils.seeds import stream_seed
+
 _KEY = "lab_task_state"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed that depends only on (seed, epoch, rank)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(rank)]).generate_state(1)[0])
+    """The 32-bit seed of the global generators (dropout, ...) in train epoch `epoch` on `rank`."""
+    return stream_seed(seed, "dropout", epoch, rank, bits=32)
 
 
 class EpochSeeding(Callback):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from lab.errors import ConfigError
+from lab.utils.seeds import generator, stream_seed
 
 METHODS = ("pca", "tsne")
 SPLITS = ("train", "val", "test")
@@ -98,7 +99,7 @@ class FeaturePictures(L.Callback):
             pl_module.train(was_training)
 
     def _select(self, labels: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = generator(self.seed, "feature_pictures")
         picks = []
         for c in self.class_ids:
             members = (labels.cpu() == c).nonzero().flatten()
@@ -206,17 +207,19 @@ def extract(pl_module, dm, images: torch.Tensor, want_logits: bool, batch_size: 
 
 
 def project(feats: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates by scikit-learn's PCA or t-SNE, and a note for the title."""
+    """2-D coordinates by scikit-learn's PCA or t-SNE (seeded for the run `seed`'s feature-picture
+    stream), and a note for the title."""
+    state = stream_seed(seed, "feature_pictures", bits=32)
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        pca = PCA(n_components=2, random_state=seed)
+        pca = PCA(n_components=2, random_state=state)
         coords = pca.fit_transform(feats)
         return coords, f", explained variance {pca.explained_variance_ratio_.sum():.1%}"
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, max(2.0, (len(feats) - 1) / 3)))
-    coords = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(feats)
+    coords = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=state).fit_transform(feats)
     return coords, f", perplexity {perplexity:.3g}"
 
 

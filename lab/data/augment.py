@@ -61,12 +61,10 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None = None)
 
 
 def epoch_stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """A seed that depends only on (seed, epoch, rank); `seed` itself for epoch 0 of rank 0."""
-    if epoch == 0 and rank == 0:
-        return seed
-    import numpy as np
+    """The seed of the "augmentation" stream of (seed, epoch, rank) (lab.utils.seeds)."""
+    from lab.utils.seeds import stream_seed
 
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, rank, 0xA46]).generate_state(1)[0])
+    return stream_seed(seed, "augmentation", epoch, rank)
 
 
 class BatchTransform:
@@ -93,7 +91,7 @@ class BatchTransform:
         self.resize = resize
         self.to_rgb = to_rgb
         self.seed = seed
-        self._stream_seed = int(seed)  # seed of the current epoch's random stream (set_epoch)
+        self._stream_seed = epoch_stream_seed(int(seed), 0)  # the current epoch's stream (set_epoch)
         self._generators: dict[str, torch.Generator] = {}
         self._consts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -102,8 +100,7 @@ class BatchTransform:
 
         The augmentation of an epoch then depends on (seed, epoch, rank) only, not on how many
         batches this object has transformed before: a resumed run replays the same crops and
-        flips, and DDP ranks draw different ones. Epoch 0 of rank 0 is the stream of a fresh
-        transform."""
+        flips, and DDP ranks draw different ones. A fresh transform starts at epoch 0 of rank 0."""
         self._stream_seed = epoch_stream_seed(int(self.seed), int(epoch), int(rank))
         self._generators.clear()
 

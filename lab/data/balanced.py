@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from lab.errors import ConfigError
+from lab.utils.seeds import generator
 
 
 class ClassBalancedBatchSampler:
@@ -63,7 +64,7 @@ class ClassBalancedBatchSampler:
         return self._per_rank
 
     def __iter__(self) -> Iterator[torch.Tensor | list[int]]:
-        gen = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        gen = generator(self.seed, "balanced_sampler", self.epoch)
         self.epoch += 1
         k = self.samples_per_class
         pools = [members[torch.randperm(len(members), generator=gen)] for members in self.by_class]

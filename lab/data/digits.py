@@ -49,7 +49,7 @@ class DigitsDataModule(InMemoryClassificationData):
         bunch = load_digits()
         images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # N,1,8,8
         labels = bunch.target.astype(np.int64)
-        rest, test = stratified_split(labels, self.test_fraction, self.split_seed)
+        rest, test = stratified_split(labels, self.test_fraction, self.split_seed, part="test")
         val_share = self.val_fraction / (1.0 - self.test_fraction)
         train_pos, val_pos = stratified_split(labels[rest], val_share, self.split_seed)
         train, val = rest[train_pos], rest[val_pos]

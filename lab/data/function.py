@@ -21,6 +21,7 @@ import torch
 
 from lab.data.expression import Expression
 from lab.errors import ConfigError
+from lab.utils.seeds import generator
 
 # Named targets, written in the same formula language as data.expr.
 TARGETS = {
@@ -36,8 +37,6 @@ TARGETS = {
     "f2": "x**2 + 2*cos(x) + 2*exp(-x)",
 }
 SAMPLINGS = ("grid", "random")
-# Offsets added to sample_seed so the train, val and test draws are independent streams.
-_STREAMS = {"train": 0, "noise": 1, "val": 2, "test": 3}
 
 
 class FullBatch:
@@ -122,7 +121,8 @@ class FunctionDataModule(L.LightningDataModule):
 
     # --- sampling ------------------------------------------------------------------
     def _generator(self, stream: str) -> torch.Generator:
-        return torch.Generator().manual_seed(self.sample_seed * 10 + _STREAMS[stream])
+        # the train, val and test draws (and the train targets' noise) are separate streams
+        return generator(self.sample_seed, f"function_{stream}")
 
     def _uniform(self, n: int, stream: str) -> torch.Tensor:
         u = torch.rand(n, generator=self._generator(stream), dtype=torch.float64)

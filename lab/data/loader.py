@@ -15,8 +15,8 @@ import torch
 class TensorBatchLoader:
     """Iterates (uint8 images, labels) batches over in-memory tensors.
 
-    Shuffling uses a generator seeded with `seed + epoch`, so an epoch's order depends on
-    (seed, epoch) only; `set_epoch` picks the epoch (Lightning calls it through `.sampler`
+    Shuffling uses the "shuffle" stream of (seed, epoch) (lab.utils.seeds), so an epoch's order
+    depends on (seed, epoch) only; `set_epoch` picks the epoch (Lightning calls it through `.sampler`
     before every train epoch) and otherwise each pass counts one on. A final training batch
     of a single sample is dropped (BatchNorm cannot use it).
 
@@ -104,12 +104,13 @@ class TensorBatchLoader:
 
 
 def shard_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """Training indices of `rank` for `epoch`: every rank cuts the same permutation (seeded with
-    seed + epoch, or 0..n-1 unshuffled) into equal, disjoint, strided parts."""
+    """Training indices of `rank` for `epoch`: every rank cuts the same permutation (the "shuffle"
+    stream of (seed, epoch), or 0..n-1 unshuffled) into equal, disjoint, strided parts."""
     from lab.train.distributed import train_shard_size
+    from lab.utils.seeds import generator
 
     if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        order = torch.randperm(n, generator=generator(seed, "shuffle", epoch))
     else:
         order = torch.arange(n)
     if world_size > 1:

@@ -25,6 +25,7 @@ from lab.data.load_cache import cached_load
 from lab.data.loader import PerImageDataset, ShardSampler, TensorBatchLoader
 from lab.data.noise import apply_noise
 from lab.errors import ConfigError
+from lab.utils.seeds import generator
 
 AUGMENT_KEYS = {"crop_padding", "hflip", "cutout"}
 
@@ -229,7 +230,7 @@ class InMemoryClassificationData(L.LightningDataModule):
                 # Our own per-rank sampler (trainer.use_distributed_sampler is off: Lightning's pads eval sets).
                 shard = ShardSampler(len(labels), train=train, shuffle=shuffle, seed=self.seed, rank=rank,
                                      world_size=world)
-                gen = torch.Generator().manual_seed(self.seed)  # worker seeds
+                gen = generator(self.seed, "workers")  # the workers' base seed
                 loader = torch.utils.data.DataLoader(
                     dataset, batch_size=batch_size, sampler=shard, generator=gen,
                     drop_last=train and len(shard) % batch_size == 1, **workers,

@@ -1,4 +1,12 @@
-"""Label noise for robustness studies: exactly round(r * N) training labels changed."""
+"""Label noise for robustness studies.
+
+Symmetric noise changes exactly round(r * N) of the N training labels, each to another class
+drawn uniformly. Asymmetric noise changes round(r * n_c) labels of each source class c of the
+mapping (n_c its training samples), all to that class's target; classes outside the mapping keep
+their labels, so the share of changed labels over the whole set is below r. Which labels change
+is drawn from the "noise" stream of the seed (lab.utils.seeds), never from the stream that
+shuffles the batches: the mislabelled samples are spread over every epoch's batches.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,13 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from lab.errors import ConfigError
+from lab.utils.seeds import generator
 
 
 def symmetric_noise(labels: torch.Tensor, num_classes: int, ratio: float, seed: int) -> torch.Tensor:
     """Change exactly round(ratio * N) labels, each to a different class drawn uniformly
     from the other num_classes - 1. Returns the new labels (the input is not modified)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, "noise")
     n = len(labels)
     count = round(ratio * n)
     chosen = torch.randperm(n, generator=gen)[:count]
@@ -25,7 +34,7 @@ def symmetric_noise(labels: torch.Tensor, num_classes: int, ratio: float, seed: 
 def asymmetric_noise(labels: torch.Tensor, mapping: Mapping[int, int], ratio: float, seed: int) -> torch.Tensor:
     """For each source class in `mapping`, move round(ratio * n_class) of its samples to
     the mapped class (the class-dependent noise of Patrini et al., 2017)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed, "noise")
     noisy = labels.clone()
     for source in sorted(mapping):
         members = (labels == source).nonzero().flatten()
