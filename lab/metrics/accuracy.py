@@ -1,10 +1,15 @@
-"""Top-1 and top-k accuracy from one `topk` per batch.
+"""Top-1 and top-k accuracy with one tie rule: argmax's.
 
-torchmetrics' MulticlassAccuracy builds per-class statistics for every k separately (a
-one-hot and a scatter per metric and batch); a training step only needs "is the label among
-the k highest logits", for k = 1 and k = top_k. Here one `topk` answers both, and the state is
-integer sums (samples whose label came j-th, samples), summed across DDP processes: the micro
-average, the fraction of samples, exactly as MulticlassAccuracy(average="micro") reports it.
+A label's rank is the number of classes ahead of it, ties going to the lower class index, as
+`torch.argmax` breaks them. Top-1 is therefore exactly `argmax == label`: the rule of the
+confusion matrix, lab.predict and torchmetrics' MulticlassAccuracy(top_k=1), and the argmax
+class is always within the top k. `topk(k)[:, 0]` is not: torch orders tied values
+arbitrarily (on CPU often not the first), so all-zero or bf16-rounded logits gave a top-1
+that disagreed with the confusion matrix and torchmetrics.
+
+The state is integer sums (samples whose label is within the top k, for each k; samples),
+summed across DDP processes: the micro average, the fraction of samples, as
+MulticlassAccuracy(average="micro") reports it.
 """
 
 from __future__ import annotations
@@ -28,18 +33,27 @@ class TopKAccuracy(Metric):
         if not self.ks or self.ks[0] < 1:
             raise ValueError(f"top-k accuracy needs k >= 1, got {tuple(ks)}")
         self.prefix = prefix
-        # hits[j]: samples whose label came (j + 1)-th; top-k hits are the sum of the first k
-        self.add_state("hits", default=torch.zeros(self.ks[-1], dtype=torch.long), dist_reduce_fx="sum")
+        # hits[i]: samples whose label is within the top ks[i]
+        self.add_state("hits", default=torch.zeros(len(self.ks), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self._consts: dict = {}  # (classes, device) -> (class indices, ks), made once
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        # A handful of small ops, added in place (no nn.Module attribute assignment): this runs
-        # every training step.
-        kmax = min(self.ks[-1], logits.shape[1])
-        top = logits.topk(kmax, dim=1).indices if kmax > 1 else logits.argmax(dim=1, keepdim=True)
-        self.hits[:kmax].add_((top == target[:, None]).sum(dim=0))  # a label appears at most once among the top k
+        # A handful of small elementwise ops, added in place (no nn.Module attribute assignment):
+        # this runs every training step.
+        consts = self._consts.get((logits.shape[1], logits.device))
+        if consts is None:
+            consts = self._consts[(logits.shape[1], logits.device)] = (
+                torch.arange(logits.shape[1], device=logits.device), torch.tensor(self.ks, device=logits.device))
+        cols, ks = consts
+        y = target[:, None]
+        label = logits.gather(1, y)
+        rank = ((logits > label) | ((logits == label) & (cols < y))).sum(dim=1)  # classes ahead of the label
+        # argmax decides rank 0, so top-1 is argmax's also with NaN logits (which argmax takes as the largest)
+        rank = torch.where(logits.argmax(dim=1) == target, 0, rank.clamp(min=1))
+        self.hits.add_((rank[:, None] < ks).sum(dim=0))
         self.total.add_(target.numel())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        values = self.hits.cumsum(dim=0).float() / self.total.clamp(min=1)
-        return {f"{self.prefix}top{k}": values[k - 1] for k in self.ks}
+        values = self.hits.float() / self.total.clamp(min=1)
+        return {f"{self.prefix}top{k}": values[i] for i, k in enumerate(self.ks)}

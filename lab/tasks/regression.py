@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchmetrics import MeanSquaredError, MetricCollection, R2Score
+from torchmetrics import MeanSquaredError, MetricCollection
 
 from lab.errors import ConfigError
+from lab.metrics.r2 import R2Score
 from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
@@ -39,7 +40,9 @@ class RegressionTask(Task):
     optimizer (or None): a ReduceLROnPlateau is stepped after each validation on the
     objective, any other schedule after every study epoch. Metric keys:
     train/mse (of the last step in each chunk), train/lr, val/mse, val/r2,
-    <objective>_best (val/mse_best), test/mse, test/r2. R^2 is 1 - SS_res / SS_tot over the split.
+    <objective>_best (val/mse_best), test/mse, test/r2. R^2 is 1 - SS_res / SS_tot over the split,
+    per output, averaged over outputs (sklearn's r2_score; lab.metrics.r2). MSE is averaged over
+    samples and outputs.
     """
 
     def __init__(
@@ -148,7 +151,8 @@ class RegressionTask(Task):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> torch.Tensor:
         x, y = batch
         pred = self(x)
-        metrics.update(pred.detach().reshape(-1), y.reshape(-1))
+        # [N, k]: R^2 is per output, never of the outputs flattened into one vector
+        metrics.update(pred.detach().reshape(y.shape), y)
         for key, metric in metrics.items():
             self.log(key, metric, on_step=False, on_epoch=True, prog_bar=key == "val/r2")
         return pred

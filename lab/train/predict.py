@@ -98,7 +98,9 @@ def write_predictions(path: Path, probs, labels, class_names: list[str], top_k: 
     from lab.utils.io import atomic_write_text
 
     k = min(int(top_k), probs.shape[1])
-    top_p, top_i = probs.topk(k, dim=1)
+    # Ties go to the lower class index, as argmax breaks them (topk orders ties arbitrarily): the
+    # predicted column is argmax, like the confusion matrix and the task's top-1.
+    top_p, top_i = (part[:, :k] for part in probs.sort(dim=1, descending=True, stable=True))
     header = ["index", *(["path"] if paths else []), "label", "predicted", "probability", "correct"]
     for j in range(1, k + 1):
         header += [f"top{j}", f"top{j}_prob"]
