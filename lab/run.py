@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lab.config.overrides import quote_formulas
+from lab.config.overrides import quote_verbatim
 from lab.config.paths import config_dir
 from lab.train import resume
 
@@ -80,7 +80,7 @@ def _prepare_argv(argv: list[str]) -> list[str]:
     User errors raise LabError before Hydra creates any folder."""
     from lab.config.sweep_checks import check_sweep
 
-    argv = quote_formulas(argv)
+    argv = quote_verbatim(argv)
     sweep_folder = None
     if any(a.startswith("resume=") for a in argv) and not any(a.startswith("resume_sweep=") for a in argv):
         return resume.resume_argv(argv)

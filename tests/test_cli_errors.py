@@ -81,8 +81,8 @@ def test_lr_zero_and_top_k_stop_before_training(tmp_path):
     with pytest.raises(ConfigError, match="optimizer.lr must be positive, got 0"):
         run_in_process(["optimizer.lr=0"], tmp_path / "lr")
     assert not (tmp_path / "lr").exists()  # checked before the run folder is even made
-    with pytest.raises(InstantiationException, match=r"task.top_k=11 must be between 1 and the number of classes"):
-        run_in_process(["task.top_k=11"], tmp_path / "top_k")
+    with pytest.raises(InstantiationException, match=r"task.top_k must be an integer >= 1, got 2.5"):
+        run_in_process(["task.top_k=2.5"], tmp_path / "top_k")
     assert not (tmp_path / "top_k" / "config.yaml").exists() and not (tmp_path / "top_k" / "checkpoints").exists()
 
 

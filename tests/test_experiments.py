@@ -51,8 +51,7 @@ def data_overrides(experiment: str, fixtures: dict[str, Path]) -> list[str]:
     name = cfg.data.name
     if name == "function":
         return []
-    extra = {"tinyimagenet": ["data.val_size=3", "task.top_k=3"], "imagefolder": ["task.top_k=3"],
-             "cifar10": ["data.val_size=10"], "cifar100": ["data.val_size=100"], "mnist": ["data.val_size=10"],
+    extra = {"cifar10": ["data.val_size=10"], "cifar100": ["data.val_size=100"], "mnist": ["data.val_size=10"],
              "fashion_mnist": ["data.val_size=10"]}
     download = [] if name == "imagefolder" else ["data.download=false"]
     balanced = ["data.samples_per_class=2"] if cfg.data.get("samples_per_class") else []

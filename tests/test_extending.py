@@ -229,7 +229,7 @@ def test_new_task_keeps_the_checkpoint_of_its_objective(tree, tmp_path):
     assert sorted(losses) == [0, 1, 2, 3]
     lowest = min(losses, key=losses.get)  # the first of equal values, as the checkpoint keeps it
     kept = kept_checkpoint(run_dir)
-    assert kept.name.startswith(f"epoch{lowest:03d}-loss_"), (kept, losses)
+    assert kept.name.startswith(f"epoch{lowest:03d}-val_loss="), (kept, losses)
     assert torch.load(kept, map_location="cpu", weights_only=True)["epoch"] == lowest
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val/loss_best"] == pytest.approx(losses[lowest], rel=1e-5)
@@ -245,7 +245,7 @@ def test_new_task_ranks_by_its_new_metric_from_the_command_line(tree, tmp_path):
     run_in_process(overrides, run_dir)
     scores = per_epoch(run_dir, "val/balanced_top1")
     highest = max(scores, key=scores.get)
-    assert kept_checkpoint(run_dir).name.startswith(f"epoch{highest:03d}-balanced_top1_"), scores
+    assert kept_checkpoint(run_dir).name.startswith(f"epoch{highest:03d}-val_balanced_top1="), scores
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["val/balanced_top1_best"] == pytest.approx(scores[highest], rel=1e-5)
     assert saved["best_epoch"] == highest and "val/loss_best" not in saved

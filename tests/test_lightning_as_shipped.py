@@ -156,7 +156,7 @@ def test_the_best_checkpoint_is_the_objectives_best_epoch_and_last_is_every_epoc
     ckpts = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts
     best = next(n for n in ckpts if n != "last.ckpt")
-    assert best.startswith(f"epoch{metrics['best_epoch']:03d}-loss_"), (best, metrics)
+    assert best.startswith(f"epoch{metrics['best_epoch']:03d}-val_loss="), (best, metrics)
     val_loss = {}
     for path in run.rglob("metrics.csv"):
         for row in csv.DictReader(path.open()):

@@ -58,9 +58,10 @@ def test_top_k_accuracy_equals_torchmetrics_over_batches(top_k):
     assert ours.total.item() == 0
 
 
-def test_top_k_larger_than_classes_is_refused():
-    with pytest.raises(ConfigError, match="top_k=5 must be between 1 and the number of classes \\(3\\)"):
-        make_task(num_classes=3)
+def test_top_k_at_or_above_the_classes_is_lowered_not_refused():
+    """top-k with k >= the number of classes is always 1.0 (tests/test_own_data.py has the notes)."""
+    assert make_task(num_classes=3).top_k == 2 and make_task(num_classes=2).top_k == 1
+    assert make_task(num_classes=10).top_k == 5
 
 
 def test_label_smoothing_reaches_the_loss():

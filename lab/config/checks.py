@@ -26,6 +26,11 @@ def check_config(cfg: DictConfig) -> None:
         value = _number(cfg, key)
         if value is not None and (value <= 0 or value != int(value)):
             raise ConfigError(f"{key} must be a positive integer, got {value}")
+    val_size = OmegaConf.select(cfg, "data.val_size", default=None)
+    if val_size is not None:
+        from lab.data.holdout import check_holdout
+
+        check_holdout("data.val_size", val_size)
     ratio = _number(cfg, "data.noise_ratio")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise ConfigError(f"data.noise_ratio must be in [0, 1), got {ratio}")

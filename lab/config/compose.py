@@ -21,10 +21,12 @@ def compose(overrides: list[str], output_dir: str | Path | None = None, drop_hyd
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    from lab.config.overrides import quote_verbatim
     from lab.config.paths import config_dir
 
+    overrides = quote_verbatim(overrides)  # as lab.run quotes its command line (a formula, a path with '=')
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     if output_dir is not None:
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)

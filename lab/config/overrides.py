@@ -15,6 +15,9 @@ from pathlib import Path
 _PLAIN = re.compile(r"[A-Za-z_/.][A-Za-z0-9_/.\-+@]*")
 # Keys whose values are formulas (lab.data.expression): Hydra would read `cos(x)` as a function call.
 FORMULA_KEYS = ("data.expr",)
+# Keys whose values are checkpoint paths: a best checkpoint's name holds '=' (epoch005-val_top1=0.9926.ckpt),
+# which Hydra's grammar refuses unquoted. Quoted only when they hold one, so a sweep (a,b) still sweeps.
+PATH_KEYS = ("init_from",)
 
 
 def quote(value: str | Path) -> str:
@@ -42,14 +45,16 @@ def value_of(token: str) -> str:
     return raw
 
 
-def quote_formulas(args: Iterable[str]) -> list[str]:
-    """`data.expr=<formula>` quoted for Hydra (a value already quoted is kept)."""
+def quote_verbatim(args: Iterable[str]) -> list[str]:
+    """`data.expr=<formula>`, and `init_from=<path>` holding '=', quoted for Hydra (a value already
+    quoted is kept)."""
     quoted = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        if sep and key.lstrip("+") in FORMULA_KEYS and value and not (
-            len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+        key = key.lstrip("+")
+        if sep and value and not (len(value) > 1 and value[0] == value[-1] and value[0] in "'\"") and (
+            key in FORMULA_KEYS or (key in PATH_KEYS and "=" in value)
         ):
-            arg = f"{key}={quote(value)}"
+            arg = f"{arg[:len(arg) - len(value) - 1]}={quote(value)}"
         quoted.append(arg)
     return quoted

@@ -18,9 +18,11 @@ def _direction(mode: str) -> str:
 
 
 def _checkpoint_name(metric: str) -> str:
-    """${lab_checkpoint_name:${task.objective.metric}}: `epoch{epoch:03d}-top1_{val/top1:.4g}`,
-    ModelCheckpoint's filename pattern with the objective's value (`top1_0.9926`, not `top10.9926`)."""
-    return "epoch{epoch:03d}-" + str(metric).rsplit("/", 1)[-1] + "_{" + str(metric) + ":.4g}"
+    """${lab_checkpoint_name:${task.objective.metric}}: ModelCheckpoint's filename pattern,
+    `epoch{epoch:03d}-val_top1={val/top1:#.4g}` -> `epoch005-val_top1=0.9926.ckpt`: the metric's full
+    name ('/' is a folder in a path, so '_') and its value after '=', never run together as in
+    `top10.9926`; 4 significant digits, trailing zeros kept (`1.000`, `0.05914`)."""
+    return "epoch{epoch:03d}-" + str(metric).replace("/", "_") + "={" + str(metric) + ":#.4g}"
 
 
 def register() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from lab.data.archive import find_or_fetch, torchvision_download
+from lab.data.holdout import check_holdout, holdout_count
 from lab.data.memory import InMemoryClassificationData
 from lab.data.safe_pickle import load_pickle
 from lab.data.splits import stratified_split
@@ -32,14 +33,14 @@ class _CifarDataModule(InMemoryClassificationData):
     torchvision_class = ""
     url = ""
 
-    def __init__(self, name: str, root: str = "data", download: bool = True, val_size: int = 5000,
+    def __init__(self, name: str, root: str = "data", download: bool = True, val_size: int | float = 5000,
                  split_seed: int = 0, **common) -> None:
         common.setdefault("augment", {"crop_padding": 4, "hflip": True})
         super().__init__(**common)
         self.name = name
         self.root = Path(root).expanduser()
         self.download = download
-        self.val_size = int(val_size)
+        self.val_size = check_holdout("data.val_size", val_size)  # a count or a fraction
         self.split_seed = int(split_seed)
 
     def _files(self) -> tuple[str, ...]:
@@ -70,7 +71,8 @@ class _CifarDataModule(InMemoryClassificationData):
         return data.reshape(-1, 3, 32, 32)
 
     def _split(self, images: np.ndarray, labels: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray):
-        keep, held = stratified_split(labels, self.val_size, self.split_seed)
+        held_out = holdout_count("data.val_size", self.val_size, labels, "training images")
+        keep, held = stratified_split(labels, held_out, self.split_seed)
 
         def part(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -9,8 +9,11 @@ import numpy as np
 import torch
 
 from lab.data.augment import as_size
+from lab.data.classes import select_classes
+from lab.data.holdout import check_holdout, holdout_count
 from lab.data.images import cache_key, decode_images, list_images, load_cached, save_cached
 from lab.data.memory import InMemoryClassificationData
+from lab.data.splits import stratified_split
 from lab.errors import ConfigError, DataNotFoundError
 
 
@@ -19,22 +22,27 @@ class ImageFolderDataModule(InMemoryClassificationData):
     classes are their sub-folders and must be the same set in every split used.
 
     `extra_train_splits=[val, addition]` merges those splits into training (then point
-    `val_split` at another one); `classes=[...]` keeps a subset (names or indices into
-    the sorted class list); images are resized to `image_size` when decoded and cached
-    in `<root>/.lab_cache/`.
+    `val_split` at another one); `classes` keeps a subset (lab.data.classes: the first N,
+    or names or indices into the sorted class list); images are resized to `image_size`
+    when decoded and cached in `<root>/.lab_cache/`. A root without a `val_split` folder
+    (only train/ and test/) gets val as a stratified hold-out of train (`val_size`: a
+    fraction or a count, by `split_seed`), with a note.
     """
 
     def __init__(self, name: str = "imagefolder", root: str = "data/images", image_size: int | list[int] | None = 112,
                  train_split: str = "train", val_split: str = "val", test_split: str = "test",
-                 extra_train_splits: Sequence[str] = (), classes: Sequence[str | int] | None = None,
-                 skip_bad_images: bool = False, grayscale: bool = False, **common) -> None:
+                 extra_train_splits: Sequence[str] = (), classes: int | Sequence[str | int] | None = None,
+                 skip_bad_images: bool = False, grayscale: bool = False, val_size: int | float = 0.1,
+                 split_seed: int = 0, **common) -> None:
         super().__init__(**common)
         self.name = name
         self.root = Path(root).expanduser()
         self.decode_size = as_size(image_size)
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.extra_train_splits = list(extra_train_splits or [])
-        self.classes = list(classes) if classes else None
+        self.classes = classes if isinstance(classes, int) or not classes else list(classes)
+        self.val_size = check_holdout("data.val_size", val_size)
+        self.split_seed = int(split_seed)
         self.skip_bad_images = skip_bad_images
         self.mode = "L" if grayscale else "RGB"
         self.class_names = []
@@ -59,30 +67,14 @@ class ImageFolderDataModule(InMemoryClassificationData):
             raise DataNotFoundError(f"{folder.absolute()}: no class folders (expected {folder}/<class>/*.jpg|png)")
         return names
 
-    def _select_classes(self, all_names: list[str]) -> list[str]:
-        if not self.classes:
-            return all_names
-        chosen = []
-        for c in self.classes:
-            if isinstance(c, int) and not isinstance(c, bool):
-                if not 0 <= c < len(all_names):
-                    raise ConfigError(f"data.classes: index {c} out of range 0..{len(all_names) - 1}")
-                chosen.append(all_names[c])
-            elif str(c) in all_names:
-                chosen.append(str(c))
-            else:
-                raise ConfigError(f"data.classes: unknown class {c!r}; classes are {all_names}")
-        if len(set(chosen)) != len(chosen):
-            raise ConfigError(f"data.classes lists a class twice: {self.classes}")
-        return chosen
-
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if not self.root.is_dir():
             raise DataNotFoundError(
                 f"imagefolder: {self.root.absolute()} does not exist "
                 "(expected <root>/{train,val,test}/<class>/*.jpg|png)"
             )
-        used = [self.train_split, *self.extra_train_splits, self.val_split, self.test_split]
+        carve_val = not (self.root / self.val_split).is_dir()  # no val/ folder: a hold-out of train
+        used = [self.train_split, *self.extra_train_splits, *([] if carve_val else [self.val_split]), self.test_split]
         used = list(dict.fromkeys(used))
         per_split = {s: self._classes_of(s) for s in used}
         reference = per_split[self.train_split]
@@ -94,11 +86,26 @@ class ImageFolderDataModule(InMemoryClassificationData):
                     f"{(self.root / split).absolute()}: classes differ from {self.train_split}/ "
                     f"(missing: {only_train or 'none'}; extra: {only_here or 'none'})"
                 )
-        self.class_names = self._select_classes(reference)
+        self.class_names = [reference[i] for i in select_classes(self.classes, reference)]
         arrays = {s: self._decode_split(s) for s in used}
         train_parts = [arrays[s] for s in [self.train_split, *self.extra_train_splits]]
         train = (torch.cat([p[0] for p in train_parts]), torch.cat([p[1] for p in train_parts]))
-        return {"train": train, "val": arrays[self.val_split], "test": arrays[self.test_split]}
+        if carve_val:
+            train, val = self._hold_out_val(*train)
+        else:
+            val = arrays[self.val_split]
+        return {"train": train, "val": val, "test": arrays[self.test_split]}
+
+    def _hold_out_val(self, images: torch.Tensor, labels: torch.Tensor):
+        """(train, val): val a stratified `val_size` of the training images, when root has no val folder."""
+        from lab.train.distributed import is_rank_zero
+
+        count = holdout_count("data.val_size", self.val_size, labels.numpy(), "training images")
+        keep, held = (torch.from_numpy(i) for i in stratified_split(labels.numpy(), count, self.split_seed))
+        if is_rank_zero():
+            print(f"note: imagefolder: no {self.val_split}/ folder in {self.root}; val is {count} of the "
+                  f"{len(labels)} training images (data.val_size={self.val_size}), stratified by class")
+        return (images[keep], labels[keep]), (images[held], labels[held])
 
     def _decode_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         paths, labels = [], []

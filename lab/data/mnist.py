@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from lab.data.archive import find_or_fetch, torchvision_download
+from lab.data.holdout import check_holdout, holdout_count
 from lab.data.idx import read_idx
 from lab.data.memory import InMemoryClassificationData
 from lab.data.splits import stratified_split
@@ -40,7 +41,7 @@ class _IdxDataModule(InMemoryClassificationData):
         name: str,
         root: str = "data",
         download: bool = True,
-        val_size: int = 5000,
+        val_size: int | float = 5000,
         split_seed: int = 0,
         **common,
     ) -> None:
@@ -48,7 +49,7 @@ class _IdxDataModule(InMemoryClassificationData):
         self.name = name
         self.root = Path(root).expanduser()
         self.download = download
-        self.val_size = int(val_size)
+        self.val_size = check_holdout("data.val_size", val_size)  # a count or a fraction
         self.split_seed = int(split_seed)
 
     def candidate_dirs(self) -> list[Path]:
@@ -84,7 +85,8 @@ class _IdxDataModule(InMemoryClassificationData):
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
             folder = files["train_images"].parent
             raise DataNotFoundError(f"{self.name}: image and label files disagree in length in {folder}")
-        keep, held = stratified_split(train_y, self.val_size, self.split_seed)
+        held_out = holdout_count("data.val_size", self.val_size, train_y, "training images")
+        keep, held = stratified_split(train_y, held_out, self.split_seed)
 
         def part(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.from_numpy(np.array(x[:, None])), torch.from_numpy(np.array(y))

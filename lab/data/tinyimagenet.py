@@ -10,6 +10,8 @@ import torch
 
 from lab.data.archive import download, find_or_fetch, safe_extract_zip
 from lab.data.augment import as_size
+from lab.data.classes import select_classes
+from lab.data.holdout import check_holdout, holdout_count
 from lab.data.images import cache_key, decode_images, list_images, load_cached, save_cached
 from lab.data.memory import InMemoryClassificationData
 from lab.data.splits import stratified_split
@@ -28,19 +30,22 @@ class TinyImageNetDataModule(InMemoryClassificationData):
     and `val/images` labelled by `val/val_annotations.txt`.
 
     The official val set is this module's test split; val is a stratified hold-out of
-    train (`val_size`, by `split_seed`). The unlabelled official test set is not used.
-    Decoded images are cached as uint8 arrays in `<dataset>/.lab_cache/`, so later
-    runs start in seconds.
+    train (`val_size`: a fraction, 0.1 = today's 10,000 of 100,000, or a count; by
+    `split_seed`). The unlabelled official test set is not used. `classes` keeps a subset
+    (lab.data.classes: the first N, or wnids, names from words.txt or indices into
+    wnids.txt). Decoded images are cached as uint8 arrays in `<dataset>/.lab_cache/`, so
+    later runs start in seconds.
     """
 
     def __init__(self, name: str = "tinyimagenet", root: str = "data", download: bool = True,
-                 val_size: int = 10000, split_seed: int = 0, image_size: int | list[int] | None = None,
-                 skip_bad_images: bool = False, **common) -> None:
+                 val_size: int | float = 0.1, split_seed: int = 0, image_size: int | list[int] | None = None,
+                 skip_bad_images: bool = False, classes: int | list[str | int] | None = None, **common) -> None:
         super().__init__(**common)
         self.name = name
         self.root = Path(root).expanduser()
         self.download = download
-        self.val_size = int(val_size)
+        self.val_size = check_holdout("data.val_size", val_size)
+        self.classes = classes
         self.split_seed = int(split_seed)
         self.decode_size = as_size(image_size)
         self.skip_bad_images = skip_bad_images
@@ -75,8 +80,7 @@ class TinyImageNetDataModule(InMemoryClassificationData):
         return folder
 
     def _read_layout(self, folder: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
-        self.wnids = [w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip()]
-        index = {w: i for i, w in enumerate(self.wnids)}
+        listed = [w.strip() for w in (folder / "wnids.txt").read_text().split() if w.strip()]
         words = {}
         words_file = folder / "words.txt"
         if not words_file.is_file():
@@ -85,7 +89,10 @@ class TinyImageNetDataModule(InMemoryClassificationData):
             if "\t" in line:
                 wnid, text = line.split("\t", 1)
                 words[wnid.strip()] = text.strip()
-        self.class_names = [words.get(w, w).split(",")[0].strip() for w in self.wnids]
+        names = [words.get(w, w).split(",")[0].strip() for w in listed]
+        kept = select_classes(self.classes, listed, aliases=names)
+        self.wnids, self.class_names = [listed[i] for i in kept], [names[i] for i in kept]
+        index = {w: i for i, w in enumerate(self.wnids)}
         train_paths, train_labels = [], []
         for wnid in self.wnids:
             images_dir = folder / "train" / wnid / "images"
@@ -97,13 +104,15 @@ class TinyImageNetDataModule(InMemoryClassificationData):
         annotations = folder / "val" / "val_annotations.txt"
         if not annotations.is_file():
             raise DataNotFoundError(f"{annotations}: missing (it labels the official val images, lab's test split)")
-        test_paths, test_labels = [], []
+        test_paths, test_labels, known = [], [], set(listed)
         for number, line in enumerate(annotations.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split("\t")
-            if len(parts) < 2 or parts[1] not in index:
+            if len(parts) < 2 or parts[1] not in known:
                 raise DataNotFoundError(f"{annotations}:{number}: expected 'file<TAB>wnid<TAB>box', got {line!r}")
+            if parts[1] not in index:  # a class left out by data.classes
+                continue
             test_paths.append(folder / "val" / "images" / parts[0])
             test_labels.append(index[parts[1]])
         return train_paths, np.array(train_labels), test_paths, np.array(test_labels)
@@ -125,7 +134,8 @@ class TinyImageNetDataModule(InMemoryClassificationData):
                       "test_x": test_x, "test_y": test_labels[kept_test]}
             save_cached(cache_dir, key, arrays)
         train_x, train_y = arrays["train_x"], arrays["train_y"].astype(np.int64)
-        keep, held = stratified_split(train_y, self.val_size, self.split_seed)
+        held_out = holdout_count("data.val_size", self.val_size, train_y, "training images")
+        keep, held = stratified_split(train_y, held_out, self.split_seed)
 
         def part(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64))

@@ -225,7 +225,22 @@ def format_value(key: str, value: Any) -> str:
 def available_metrics(sweep: Sweep) -> list[str]:
     """Every metric key some job has: the standard ones first, then the rest alphabetically."""
     keys = {k for job in sweep.jobs for k in job.metrics}
-    return [k for k in STANDARD_METRICS if k in keys] + sorted(keys - set(STANDARD_METRICS))
+    standard = _standard_metrics(keys)
+    return standard + sorted(keys - set(standard))
+
+
+def _standard_metrics(keys: set[str]) -> list[str]:
+    """STANDARD_METRICS present in `keys`, where {val,test}/top5 stands for whichever top-k the runs
+    logged (task.top_k, lowered below the number of classes: top2 on 3 classes; none on 2)."""
+    chosen = []
+    for name in STANDARD_METRICS:
+        if name.endswith("/top5"):
+            split = name.split("/")[0]
+            chosen += sorted((k for k in keys if re.fullmatch(rf"{split}/top([2-9]|\d\d+)", k)),
+                             key=lambda k: int(k.rsplit("top", 1)[1]))
+        elif name in keys:
+            chosen.append(name)
+    return chosen
 
 
 def select_metrics(sweep: Sweep, requested: list[str] | None = None) -> list[str]:
@@ -234,7 +249,7 @@ def select_metrics(sweep: Sweep, requested: list[str] | None = None) -> list[str
 
     available = available_metrics(sweep)
     if not requested:
-        chosen = [k for k in STANDARD_METRICS if k in available]
+        chosen = _standard_metrics(set(available))
         objective = next((k for k in (sweep.objective.best_key, sweep.objective.metric) if k in available), None)
         if sweep.optuna is not None and objective:  # what the study optimizes (lab.run returns it)
             chosen = [objective, *(k for k in chosen if k != objective)]

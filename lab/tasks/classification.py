@@ -1,4 +1,4 @@
-"""Supervised classification: cross-entropy, top-1/top-5 accuracy, best-so-far val/top1."""
+"""Supervised classification: cross-entropy, top-1/top-k accuracy, best-so-far val/top1."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from lab.errors import ConfigError
 from lab.metrics.accuracy import TopKAccuracy
 from lab.metrics.epoch_mean import EpochMean
+from lab.metrics.top_k import reported_top_k
 from lab.tasks.base import Task
 from lab.tasks.schedulers import build_optimizer
 
@@ -51,8 +52,9 @@ class ClassificationTask(Task):
     """Wraps any nn.Module that maps images to class logits.
 
     `optimizer` is a partial taking the parameters; `scheduler` a partial taking the
-    optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top5}, <objective>_best,
-    train/lr. Accuracies are micro averages (fraction of samples) in [0, 1].
+    optimizer (or None). Metric keys: {train,val,test}/{loss,top1,top<k>}, <objective>_best,
+    train/lr. Accuracies are micro averages (fraction of samples) in [0, 1]. top<k> is
+    task.top_k (5), lowered below the number of classes or left out (reported_top_k).
     validation_step and test_step return predictions and targets, which callbacks
     (the confusion matrix) read without a second forward pass.
     """
@@ -73,8 +75,7 @@ class ClassificationTask(Task):
         super().__init__(objective)
         if not 0.0 <= float(label_smoothing) < 1.0:
             raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not 1 <= int(top_k) <= num_classes:
-            raise ConfigError(f"task.top_k={top_k} must be between 1 and the number of classes ({num_classes})")
+        top_k_used = reported_top_k(top_k, num_classes)  # None: top-1 only
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.model = model
         self.optimizer_factory = optimizer
@@ -82,7 +83,7 @@ class ClassificationTask(Task):
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.criterion = make_loss(loss, float(label_smoothing))
-        self.top_k = int(top_k)
+        self.top_k = top_k_used or 1
         self.channels_last = bool(channels_last)
 
         # top-1 and top-k accuracy (micro averages) from one topk per batch

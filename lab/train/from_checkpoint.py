@@ -211,9 +211,9 @@ def launch(entry: str, own_keys: Sequence[str], help_text: str, hydra_main: Call
            check: Callable[[dict[str, Any]], None] | None = None) -> None:
     """`python -m lab.eval|lab.predict ...`: prepare the job, then let Hydra create the folder and run it."""
     global _PREPARED
-    from lab.config.overrides import quote_formulas
+    from lab.config.overrides import quote_verbatim
 
-    argv = quote_formulas(sys.argv[1:])
+    argv = quote_verbatim(sys.argv[1:])
     if any(arg in ("--help", "-h") for arg in argv):
         print(help_text, end="")
         sys.exit(0)
