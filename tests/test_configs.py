@@ -56,11 +56,20 @@ def test_experiment_overrides_groups(tmp_path):
 # A config with the knob each sweep turns (the sweep's intended study).
 SWEEP_TARGETS = {
     "augmentation": ["experiment=resnet18_cifar100"], "decay_factor": ["experiment=resnet18_cifar100"],
-    "depth": ["experiment=cnn_tinyimagenet"], "depth_resnet": ["experiment=resnet_tinyimagenet"],
+    "depth": ["experiment=cnn_tinyimagenet"],
     "dropout": ["experiment=cnn_fashionmnist"], "epochs": ["experiment=mlp_function"], "lr": [],
     "momentum": ["experiment=basecnn_imagefolder"], "noise_ratio": [], "normalization": [],
     "residual": ["experiment=resnet_tinyimagenet"], "seeds": [], "metric_loss": ["experiment=triplet_fashionmnist"],
 }
+
+
+def _sweeper_params(overrides: list[str]) -> dict:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params or {})
 
 
 @pytest.mark.parametrize("sweep", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
@@ -68,9 +77,9 @@ def test_sweep_matches_its_study(sweep):
     from lab.config.sweep_checks import check_sweep
 
     assert sweep in SWEEP_TARGETS, f"add conf/sweep/{sweep}.yaml's study to SWEEP_TARGETS"
-    params = OmegaConf.load(CONF / "sweep" / f"{sweep}.yaml").hydra.sweeper.params
-    assert params, f"{sweep}.yaml sets no hydra.sweeper.params"
-    check_sweep(["-m", f"sweep={sweep}", *SWEEP_TARGETS[sweep]], str(CONF))
+    params = _sweeper_params([f"sweep={sweep}", *SWEEP_TARGETS[sweep]])
+    assert params, f"{sweep}.yaml sets no hydra.sweeper.params for {SWEEP_TARGETS[sweep]}"
+    check_sweep(["-m", f"sweep={sweep}", *SWEEP_TARGETS[sweep]], str(CONF), build=False)
 
 
 def test_sweep_without_its_knob_is_refused_in_one_line():

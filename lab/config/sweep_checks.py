@@ -51,25 +51,32 @@ def _extra_search_path(argv: list[str]) -> bool:
     return any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv)
 
 
-def check_sweep(argv: list[str], conf_dir: str) -> None:
-    """Raise ConfigError when the sweep named in `argv` sweeps a key the config lacks
-    (and, first, when any group=option names no option)."""
+def check_sweep(argv: list[str], conf_dir: str, build: bool = True) -> None:
+    """Raise ConfigError when the sweep in `argv` cannot run on its config: a group=option naming
+    no option, a sweep with no values for this model family or schedule, a swept key the config
+    lacks, or (`build`) a job that cannot be built (lab.config.preflight)."""
     check_group_options(argv, conf_dir)
     if not any(a in ("-m", "--multirun") for a in argv):
         return
     overrides = [a for a in argv if not a.startswith("-")]
     name = _sweep_name(overrides)
-    if name is None or _extra_search_path(argv):
+    if _extra_search_path(argv):
         return
-    sweep_file = Path(conf_dir) / "sweep" / f"{name}.yaml"
-    if not sweep_file.is_file():
-        available = sorted(p.stem for p in sweep_file.parent.glob("*.yaml"))
-        raise ConfigError(f"sweep={name}: no {sweep_file}; available sweeps: {', '.join(available)}")
-    params = OmegaConf.select(OmegaConf.load(sweep_file), "hydra.sweeper.params") or {}
-    cfg = _compose_without_sweeps(overrides, conf_dir)
-    what = ", ".join(f"{g}={cfg.hydra.runtime.choices.get(g)}" for g in ("experiment", "model", "optimizer",
-                                                                          "scheduler", "data"))
-    for key in params:
+    if name is not None:
+        sweep_file = Path(conf_dir) / "sweep" / f"{name}.yaml"
+        if not sweep_file.is_file():
+            available = sorted(p.stem for p in sweep_file.parent.glob("*.yaml"))
+            raise ConfigError(f"sweep={name}: no {sweep_file}; available sweeps: {', '.join(available)}")
+    fixed, swept = _split_overrides(overrides)
+    cfg = _compose(fixed, conf_dir)
+    choices = cfg.hydra.runtime.choices
+    what = ", ".join(f"{g}={choices.get(g)}" for g in ("experiment", "model", "optimizer", "scheduler", "data"))
+    name = name or choices.get("sweep")  # a study (conf/study/) chooses its sweep itself
+    if name is not None:
+        _check_family_values(name, choices, conf_dir)
+    found = cfg.hydra.sweeper.get("params")
+    params = OmegaConf.to_container(found, resolve=True) if found else {}
+    for key in params if name is not None else ():  # a search's keys: lab.results.sweep_status checks them
         group_dir = Path(conf_dir) / key.lstrip("+")
         if group_dir.is_dir():  # a swept config group: every key its options set must exist
             for option in str(params[key]).split(","):
@@ -80,6 +87,22 @@ def check_sweep(argv: list[str], conf_dir: str) -> None:
                     _require(cfg, leaf, name, what)
         else:
             _require(cfg, key, name, what)
+    if build and str(cfg.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        # the basic sweeper's grid is known now; a search (Optuna) picks its values as it goes
+        from lab.config.preflight import check_jobs, distinct, sweep_jobs
+
+        check_jobs(conf_dir, fixed, distinct(sweep_jobs(fixed, swept, params)))
+
+
+def _check_family_values(name: str, choices, conf_dir: str) -> None:
+    """sweep=depth (or decay_factor) takes its values from conf/sweep_by_<group>/<sweep>/<choice>.yaml:
+    a model family or schedule with no file there has no such knob."""
+    for group in ("model", "scheduler"):
+        folder = Path(conf_dir) / f"sweep_by_{group}" / name
+        if folder.is_dir() and not (folder / f"{choices.get(group)}.yaml").is_file():
+            have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise ConfigError(f"sweep={name} has no values for {group}={choices.get(group)} (no {folder}/"
+                              f"{choices.get(group)}.yaml); it sweeps {group}={have}")
 
 
 def _require(cfg: DictConfig, key: str, sweep: str, what: str) -> None:
@@ -105,13 +128,19 @@ def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-def _compose_without_sweeps(overrides: list[str], conf_dir: str) -> DictConfig:
-    """The config of the sweep's first job minus the swept values (Hydra's compose API)."""
-    from hydra import compose, initialize_config_dir
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(the overrides every job shares, the command line's sweep overrides such as seed=0,1,2)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    fixed = [o for o, parsed in zip(overrides, parser.parse_overrides(overrides)) if not parsed.is_sweep_override()]
-    fixed = [o for o in fixed if not o.startswith("sweep=")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+    swept = [o for o, p in zip(overrides, parsed) if p.is_sweep_override()]
+    return fixed, swept
+
+
+def _compose(fixed: list[str], conf_dir: str) -> DictConfig:
+    """The config the sweep's jobs share, with the hydra node (its sweeper params) (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         return compose(config_name="config", overrides=fixed, return_hydra_config=True)

@@ -8,7 +8,7 @@ from torch import nn
 
 from lab.models.blocks import Head, check_dropout, conv_bn_relu, pooled_stages
 
-WIDTH_LADDER = (64, 128, 256, 512, 1024, 2048, 4096)
+MAX_STAGES = 7  # 64 doubled 6 times is 4096 channels
 
 
 class CNN(nn.Module):
@@ -17,7 +17,8 @@ class CNN(nn.Module):
     1 pixel). Depth = 2 x len(widths) conv layers: 64-128-256-512 is the 8-layer net,
     adding 1024 and 2048 gives 10 and 12. Dropout `dropout_conv` after each stage,
     `dropout_fc` in the head; `norm: batch|none`. `depth` (8, 10, 12), when set,
-    replaces `widths` by the first depth/2 entries of 64-128-256-512-1024-2048."""
+    replaces `widths` by depth/2 stages doubling from the first width: 64-128-256-512-1024-2048
+    at the default widths, 16-32-...-512 from widths=[16, ...] (a scaled-down study)."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: Sequence[int] = (64, 64),
                  widths: Sequence[int] = (64, 128, 256, 512), stem_width: int = 64, hidden: int = 512,
@@ -25,12 +26,10 @@ class CNN(nn.Module):
                  depth: int | None = None) -> None:
         super().__init__()
         check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
-        if depth is not None:  # the depth study: 8, 10, 12 layers = 4, 5, 6 stages of the width ladder
-            if depth < 2 or depth % 2 or depth // 2 > len(WIDTH_LADDER):
-                raise ValueError(
-                    f"model.depth for cnn must be even, 2..{2 * len(WIDTH_LADDER)} (8, 10, 12), got {depth}"
-                )
-            widths = WIDTH_LADDER[: depth // 2]
+        if depth is not None:  # the depth study: 8, 10, 12 layers = 4, 5, 6 stages, widths doubling
+            if depth < 2 or depth % 2 or depth // 2 > MAX_STAGES:
+                raise ValueError(f"model.depth for cnn must be even, 2..{2 * MAX_STAGES} (8, 10, 12), got {depth}")
+            widths = [int(widths[0]) * 2 ** i for i in range(depth // 2)]
         def stage(prev: int, width: int) -> tuple[list[nn.Module], list[nn.Module]]:
             convs = [*conv_bn_relu(prev, width, 3, norm), *conv_bn_relu(width, width, 3, norm)]
             return convs, [nn.Dropout2d(dropout_conv)] if dropout_conv > 0 else []

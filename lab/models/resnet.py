@@ -47,8 +47,7 @@ class ResNet(nn.Module):
         check_dropout(dropout_conv=dropout_conv, dropout_fc=dropout_fc)
         if depth is not None:  # the depth study: 11, 15, 19 layers = 4, 6, 8 blocks
             if depth < 5 or (depth - 3) % 2:
-                raise ValueError(f"model.depth for resnet must be 2n+3 (11, 15, 19), got {depth}; "
-                                 "the cnn depth sweep is sweep=depth, the resnet one sweep=depth_resnet")
+                raise ValueError(f"model.depth for resnet must be 2n+3 (11, 15, 19), got {depth}")
             n = (depth - 3) // 2
             widths = list(widths[:n]) + [int(widths[-1])] * max(0, n - len(widths))
         def stage(prev: int, width: int) -> tuple[list[nn.Module], list[nn.Module]]:
