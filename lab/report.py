@@ -7,8 +7,13 @@ An Optuna study's rows are its trial folders, its objective (task.objective) the
 metric, its best trial above the table. Writes table.md and table.csv into the sweep folder;
 with --plot one PNG per metric (plot_<metric>.png) and a TensorBoard run `report/`.
 
-The entry point only: the code is in lab.results (sweep, table, plots, cli). Bad input
-prints one line and exits with status 2.
+A sweep that ran a configuration more than once (seed=0,1,2) is reported by configuration:
+one row each, every metric as mean ± std over its finished runs, n, and a status summary
+(`2 ok, 1 failed: <error>`); the per-job rows go to jobs.md and jobs.csv, --sort ranks the
+means, and the plots draw ± std error bars.
+
+The entry point only: the code is in lab.results (sweep, table, grouped_table, plots, cli).
+Bad input prints one line and exits with status 2.
 """
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """`python -m lab.report [<sweep>] [--metrics ...] [--sort KEY] [--reverse] [--plot] [--x KEY]`: print a
-sweep's table, write table.md and table.csv (and the plots) into its folder. Bad input prints one line
+sweep's table, write table.md and table.csv (and the plots) into its folder. A sweep that ran a
+configuration more than once (seed=0,1,2) gets one row per configuration, mean ± std and n of each metric
+(lab.results.grouped_table), and its per-job table in jobs.md and jobs.csv. Bad input prints one line
 and exits with status 2. Importing this is cheap: rich, Hydra and matplotlib load inside main().
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lab.results.grouped_table import group_table, write_grouped
 from lab.results.plots import REPORT_RUN, plot
 from lab.results.sweep import ReportError, latest_sweep, load_sweep
 from lab.results.table import build_table, write
@@ -18,7 +21,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m lab.report",
         description="Results table of a sweep (python -m lab.run -m ...): one row per job, its varying "
                     "parameters, metrics and status (ok / failed: error / missing). Prints it and writes "
-                    "table.md and table.csv into the sweep folder.",
+                    "table.md and table.csv into the sweep folder. When a configuration ran more than once "
+                    "(e.g. seed=0,1,2), one row per configuration: each metric as mean ± std, n finished "
+                    "runs, a status summary; the per-job rows go to jobs.md and jobs.csv.",
     )
     parser.add_argument("sweep", nargs="?", help="the sweep folder (default: the newest in "
                         "$LAB_OUTPUT_DIR/multiruns, else outputs/multiruns)")
@@ -26,13 +31,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="metric columns, comma-separated names or globs (e.g. 'test/*'); "
                              "default: val/test loss, top-1, top-5 (or mse, r2), best_epoch, wall_time_s")
     parser.add_argument("--sort", metavar="KEY", help="sort rows by a metric (best first: the objective "
-                        "by task.objective.mode, highest for accuracies and r2, lowest otherwise) or a "
-                        "parameter (ascending)")
+                        "by task.objective.mode, highest for accuracies and r2, lowest otherwise; its mean "
+                        "when rows are configurations) or a parameter (ascending)")
     parser.add_argument("--reverse", action="store_true", help="reverse the --sort order")
     parser.add_argument("--plot", action="store_true", help="one PNG per metric against the swept parameter "
-                        "(plot_<metric>.png), also as images in the TensorBoard run report/")
+                        "(plot_<metric>.png; mean and ± std error bars when a configuration ran more than once), "
+                        "also as images in the TensorBoard run report/")
     parser.add_argument("--x", metavar="KEY", help="the parameter on the plots' x axis (default: the first "
-                        "that varies; the others make one line each)")
+                        "that varies, seed aside when it repeats configurations; the others make one line each)")
     return parser
 
 
@@ -44,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = Path(args.sweep) if args.sweep else latest_sweep()
         table = build_table(load_sweep(path), args.metrics, args.sort, args.reverse)
+        grouped = group_table(table, args.sort, args.reverse)  # None: no configuration ran twice
+        shown = grouped or table
         if not console.is_terminal:
             # a log file gets the whole table, not a wrapped one
             wide = console.options.update_width(100_000)
-            console.width = max(console.width, 160, console.measure(table.to_rich(), options=wide).maximum)
-        console.print(table.to_rich(console))
+            console.width = max(console.width, 160, console.measure(shown.to_rich(), options=wide).maximum)
+        console.print(shown.to_rich(console))
         try:
-            written = list(write(table))
+            written = list(write_grouped(grouped) if grouped else write(table))
             if args.plot:
                 pngs = plot(table, args.x)
                 written += pngs

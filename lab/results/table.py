@@ -6,7 +6,9 @@ table instead, so a sweep of one knob has one parameter column however long its 
 line was; table.csv (for machines, full precision) keeps every overridden key as a column,
 plus the job folder, and splits status and error. The sweep's objective (task.objective)
 ranks the jobs: an Optuna study's objective is its first column and its best trial is named
-above the table. Cheap to import: rich loads when a table is printed.
+above the table. A sweep that ran a configuration more than once shows one row per
+configuration instead (lab.results.grouped_table); this per-job table then goes to jobs.md
+and jobs.csv. Cheap to import: rich loads when a table is printed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ FALLBACK_METRICS = ("val/loss", "val/top1", "val/top5", "test/loss", "test/top1"
 # Sorting by these puts the highest first (accuracies, R^2); the objective follows its mode; the rest lowest first.
 _HIGHER_IS_BETTER = re.compile(r"^(top\d+(_best)?|acc\w*|r2(_best)?|f1\w*|auroc|precision|recall)$")
 _INT_KEYS = {"best_epoch", "epochs", "seed"}
-_DETAIL_WIDTH = 100  # error text in the printed and markdown tables (table.csv keeps all of it)
+DETAIL_WIDTH = 100  # error text in the printed and markdown tables (table.csv keeps all of it)
 TABLE_MD, TABLE_CSV = "table.md", "table.csv"  # written into the sweep folder
 
 
@@ -71,8 +73,8 @@ class Table:
     def cells(self, job: Job) -> list[str]:
         """The formatted cells of one row, in `columns` order."""
         status = job.status_text
-        if len(status) > _DETAIL_WIDTH:
-            status = status[: _DETAIL_WIDTH - 1] + "…"
+        if len(status) > DETAIL_WIDTH:
+            status = status[: DETAIL_WIDTH - 1] + "…"
         return ["" if job.num is None else str(job.num), *(short(job.params.get(k, "")) for k in self.params),
                 *(format_value(m, job.metrics.get(m)) for m in self.metrics), status]
 
@@ -139,7 +141,7 @@ class Table:
         styles = {"ok": "green", "failed": "red", "missing": "yellow"}
         for job in self.jobs:
             cells = self.cells(job)
-            cells[-1] = f"[{styles[job.status]}]{_escape(cells[-1])}[/]"
+            cells[-1] = f"[{styles[job.status]}]{escape(cells[-1])}[/]"
             table.add_row(*cells[:-1], cells[-1])
         return table
 
@@ -198,10 +200,11 @@ def short(value: str) -> str:
     return f"{number:.4g}" if isinstance(number, float) and math.isfinite(number) else value
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
+def escape(text: str) -> str:
+    """Text for a rich markup cell."""
+    from rich.markup import escape as rich_escape
 
-    return escape(text)
+    return rich_escape(text)
 
 
 def format_value(key: str, value: Any) -> str:
@@ -300,20 +303,23 @@ def _sorted(table: Table, key: str, reverse: bool) -> tuple[list[Job], bool]:
         descending = False
     elif key in available_metrics(sweep) or key in table.metrics:
         values = {id(job): job.metrics.get(key) for job in table.jobs}
-        objective = sweep.objective
-        if key in (objective.metric, objective.best_key):
-            descending = objective.mode == "max"
-        else:
-            descending = bool(_HIGHER_IS_BETTER.match(key.split("/")[-1]))
+        descending = higher_first(sweep, key)
     else:
         names = ["job", *sweep.keys, *available_metrics(sweep)]
         raise ReportError(f"--sort {key}: no such column; choose one of: {', '.join(names)}")
 
-    present = [job for job in table.jobs if _usable(values[id(job)])]
-    absent = [job for job in table.jobs if not _usable(values[id(job)])]
+    present = [job for job in table.jobs if usable(values[id(job)])]
+    absent = [job for job in table.jobs if not usable(values[id(job)])]
     descending = descending != reverse
     present.sort(key=lambda job: (isinstance(values[id(job)], str), values[id(job)]), reverse=descending)
     return present + absent, not descending
+
+
+def higher_first(sweep: Sweep, key: str) -> bool:
+    """Whether the best value of metric `key` is the highest: the objective by its mode, accuracies and R^2."""
+    if key in (sweep.objective.metric, sweep.objective.best_key):
+        return sweep.objective.mode == "max"
+    return bool(_HIGHER_IS_BETTER.match(key.split("/")[-1]))
 
 
 def best_job(sweep: Sweep) -> Job | None:
@@ -325,12 +331,12 @@ def best_job(sweep: Sweep) -> Job | None:
             value = objective.value(job.metrics) if job.status == "ok" else None
         except (TypeError, ValueError):  # a hand-edited metrics.json: not a number
             value = None
-        if _usable(value) and (best_value is None or objective.better(value, best_value)):
+        if usable(value) and (best_value is None or objective.better(value, best_value)):
             best, best_value = job, value
     return best
 
 
-def _usable(value: Any) -> bool:
+def usable(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
@@ -344,7 +350,8 @@ def maybe_float(value: str | None) -> float | str | None:
 
 
 def write(table: Table) -> tuple[Path, Path]:
-    """table.md and table.csv in the sweep folder, each written atomically."""
+    """table.md and table.csv in the sweep folder, each written atomically (a grouped table:
+    lab.results.grouped_table.write_grouped)."""
     from lab.utils.io import atomic_write_text
 
     md, csv = table.sweep.path / TABLE_MD, table.sweep.path / TABLE_CSV

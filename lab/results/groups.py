@@ -1,0 +1,72 @@
+"""Jobs grouped by configuration: the same overrides but the seed, summarised as mean, std and n.
+
+A `seed=0,1,2` sweep (or a study) runs each configuration several times; a table of one row
+per job hides the spread, and one run per cell is not a result. Each group keeps its jobs,
+so every run still has its own folder and its own row in the HParams dashboard.
+The std is the sample standard deviation (ddof=1), NaN for n < 2: one run has no spread.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.results.sweep import Job
+
+REPLICATE_KEYS = ("seed",)  # keys that repeat a configuration rather than change it
+
+
+@dataclass
+class Group:
+    """One configuration: its parameters (seed aside) and its jobs (all statuses)."""
+
+    params: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        """The metric of each finished job that has a finite value of it."""
+        out = []
+        for job in self.jobs:
+            value = job.metrics.get(metric) if job.status == "ok" else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                out.append(float(value))
+        return out
+
+    def stats(self, metric: str) -> tuple[float, float, int]:
+        """(mean, sample std, n) of the metric over the group's finished jobs; NaNs where undefined."""
+        values = self.values(metric)
+        n = len(values)
+        mean = statistics.fmean(values) if n else math.nan
+        std = statistics.stdev(values) if n >= 2 else math.nan
+        return mean, std, n
+
+    @property
+    def seeds(self) -> list[str]:
+        return [job.params.get("seed", "") for job in self.jobs]
+
+
+def group_jobs(jobs: list[Job], keys: list[str], replicate: tuple[str, ...] = REPLICATE_KEYS) -> list[Group]:
+    """Groups `jobs` by their values of `keys` (the varying parameters) minus `replicate`, in the
+    order each configuration first appears (the sweep's order)."""
+    groups: dict[tuple[Any, ...], Group] = {}
+    config_keys = [k for k in keys if k not in replicate]
+    for job in jobs:
+        key = tuple(job.params.get(k) for k in config_keys)
+        if key not in groups:
+            groups[key] = Group({k: job.params.get(k, "") for k in config_keys})
+        groups[key].jobs.append(job)
+    return list(groups.values())
+
+
+def has_replicates(jobs: list[Job], keys: list[str]) -> bool:
+    """Whether some configuration ran more than once (a seed sweep)."""
+    return any(len(g.jobs) > 1 for g in group_jobs(jobs, keys))
+
+
+def mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
+    """`0.8512 ± 0.0031` (n >= 2), `0.8512` (n = 1), '' (n = 0)."""
+    if n == 0 or math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" if n < 2 or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
