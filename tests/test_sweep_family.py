@@ -66,3 +66,29 @@ def test_sweep_jobs_follow_hydras_basic_sweeper():
                     ["model.depth=10", "x=1", "seed=0"], ["model.depth=10", "x=1", "seed=1"]]
     assert distinct(jobs) == [["model.depth=8", "x=1", "seed=0"], ["model.depth=10", "x=1", "seed=0"]]
     assert sweep_jobs(["optimizer.lr=0.5"], [], {"optimizer.lr": "0.1,0.2"}) == [["optimizer.lr=0.5"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep, jobs, key, values", [
+    ("decay_factor", 4, "scheduler.factor", ["0.1", "0.2", "0.5", "0.99"]),
+    ("depth", 3, "model.depth", ["11", "15", "19"]),
+])
+def test_resnet_tinyimagenet_sweeps_run_on_a_tiny_imagenet_tree(tmp_path, sweep, jobs, key, values):
+    """The acceptance commands, on a 3-class tree in the official layout, narrow and short."""
+    import yaml
+
+    from tests.conftest import run_cli
+    from tests.fixtures import make_tiny_imagenet
+
+    make_tiny_imagenet(tmp_path / "data", per_class=12, val_per_class=4)
+    out = tmp_path / "sweep"
+    result = run_cli(["-m", "experiment=resnet_tinyimagenet", f"sweep={sweep}", f"data.root={tmp_path / 'data'}",
+                      "data.download=false", "data.batch_size=16", "model.widths=[4,8,8,8]", "model.stem_width=4",
+                      "model.hidden=8", "trainer.max_epochs=1", f"hydra.sweep.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    ran = []
+    for job in range(jobs):
+        assert (out / str(job) / "metrics.json").is_file()
+        overrides = yaml.safe_load((out / str(job) / ".hydra" / "overrides.yaml").read_text())
+        ran += [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    assert ran == values

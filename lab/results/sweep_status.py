@@ -56,6 +56,8 @@ class SweepStatus(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if config.get("study") is not None:
+            print_study_report(sweep_dir)
         failed = failed_jobs(sweep_dir, since=self.started - 1.0)
         if not failed:
             return
@@ -66,6 +68,26 @@ class SweepStatus(Callback):
         done = " (Optuna: FAIL, the study finished)" if _is_optuna(config) else ""
         _fail(f"{len(failed)} of {total} {what} failed{done}: {shown}{more}; "
               f"table: python -m lab.report {sweep_dir}", status=1)
+
+
+def print_study_report(sweep_dir: Path) -> None:
+    """A study's report (lab.results.study) into its folder, its findings on the console; a report
+    that cannot be made says why in one line and leaves the sweep's own outcome alone."""
+    from lab.errors import LabError
+    from lab.results.study import write_report
+    from lab.utils.console import console, print_error
+
+    try:
+        made = write_report(sweep_dir)
+    except LabError as err:
+        print_error(f"study report not written: {err}")
+        return
+    if made is not None:
+        study, _ = made
+        console.print(study.table_markdown(), markup=False, highlight=False)
+        for verdict in study.verdicts():
+            console.print(verdict.line, markup=False, highlight=False)
+        console.print(f"study report: {sweep_dir / 'study.md'}", markup=False, highlight=False)
 
 
 def _is_optuna(config: DictConfig) -> bool:
