@@ -20,7 +20,7 @@ from typing import Any
 
 from lab.results.groups import REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std
 from lab.results.sweep import ReportError
-from lab.results.table import DETAIL_WIDTH, TABLE_CSV, TABLE_MD, Table, escape, higher_first, maybe_float, short, usable
+from lab.results.table import DETAIL_WIDTH, TABLE_CSV, TABLE_MD, Rendered, Table, escape, higher_first, maybe_float, short, usable
 
 JOBS_MD, JOBS_CSV = "jobs.md", "jobs.csv"  # the per-job table, beside a grouped table.md / table.csv
 
@@ -37,8 +37,10 @@ class Best:
 
 
 @dataclass
-class GroupedTable:
+class GroupedTable(Rendered):
     """One row per configuration of a table's jobs; to_markdown/to_csv/to_rich/records render it."""
+
+    key_column = "n"  # right-aligned like the metrics
 
     table: Table  # the per-job table (jobs.md, jobs.csv), sorted as asked
     params: list[str]  # the varying parameters but the replicate keys (seed)
@@ -139,44 +141,16 @@ class GroupedTable:
         lines += [row(self.cells(group)) for group in self.groups]
         return "\n".join(lines) + "\n"
 
-    def to_csv(self) -> str:
-        import csv
-        import io
-
-        records = self.records()
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(records[0]), lineterminator="\n")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: "" if v is None else v for k, v in record.items()})
-        return out.getvalue()
-
-    def to_rich(self, console=None):
-        """The heading lines and the table, as one rich renderable (sized for `console` if given)."""
-        from rich.console import Group as RichGroup
-        from rich.text import Text
-
-        table = self._rich_table(None)
-        if console is not None:
-            natural = console.measure(table, options=console.options.update_width(100_000)).maximum
-            if natural > console.width:  # rich would squeeze the wrappable status column to nothing
-                table = self._rich_table(min(40, max([len("status"), *(len(self.cells(g)[-1]) for g in self.groups)])))
-        return RichGroup(*(Text(line) for line in self.heading()), table)
-
-    def _rich_table(self, status_width: int | None):
-        from rich.table import Table as RichTable
-
-        table = RichTable(header_style="bold")
-        for column in self.columns:
-            numeric = column == "n" or column in self.metrics
-            table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "status",
-                             overflow="fold", width=status_width if column == "status" else None)
+    def rows(self) -> list[tuple[list[str], str]]:
+        """(cells, status style) per configuration: red with a failed run, yellow with a missing one."""
+        out = []
         for group in self.groups:
-            cells = self.cells(group)
             statuses = {job.status for job in group.jobs}
-            style = "red" if "failed" in statuses else "yellow" if "missing" in statuses else "green"
-            table.add_row(*cells[:-1], f"[{style}]{escape(cells[-1])}[/]")
-        return table
+            out.append((self.cells(group), "red" if "failed" in statuses else "yellow" if "missing" in statuses else "green"))
+        return out
+
+    def csv_fields(self) -> list[str]:
+        return [*self.params, *self.metrics, "n", "status"]
 
 
 def group_table(table: Table, sort: str | None = None, reverse: bool = False) -> GroupedTable | None:

@@ -38,8 +38,51 @@ DETAIL_WIDTH = 100  # error text in the printed and markdown tables (table.csv k
 TABLE_MD, TABLE_CSV = "table.md", "table.csv"  # written into the sweep folder
 
 
+class Rendered:
+    """to_csv and to_rich of a table that has records(), heading(), columns, metrics, rows() and
+    csv_fields(): shared by the per-job table and the grouped one (lab.results.grouped_table)."""
+
+    key_column = "job"  # right-aligned like the metrics
+
+    def to_csv(self) -> str:
+        import csv
+        import io
+
+        records = self.records()
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(records[0]) if records else self.csv_fields(), lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        return out.getvalue()
+
+    def to_rich(self, console=None):
+        """The heading lines and the table, as one rich renderable (sized for `console` if given)."""
+        from rich.console import Group
+        from rich.text import Text
+
+        table = self._rich_table(None)
+        if console is not None:
+            natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+            if natural > console.width:  # rich would squeeze the wrappable status column to nothing
+                table = self._rich_table(min(40, max([len("status"), *(len(cells[-1]) for cells, _ in self.rows())])))
+        return Group(*(Text(line) for line in self.heading()), table)
+
+    def _rich_table(self, status_width: int | None):
+        from rich.table import Table as RichTable
+
+        table = RichTable(header_style="bold")
+        for column in self.columns:
+            numeric = column == self.key_column or column in self.metrics
+            table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "status",
+                             overflow="fold", width=status_width if column == "status" else None)
+        for cells, style in self.rows():
+            table.add_row(*cells[:-1], f"[{style}]{escape(cells[-1])}[/]")
+        return table
+
+
 @dataclass
-class Table:
+class Table(Rendered):
     """The rows and columns of a report; to_markdown/to_csv/records render it."""
 
     sweep: Sweep
@@ -105,45 +148,13 @@ class Table:
         lines += [row(self.cells(job)) for job in self.jobs]
         return "\n".join(lines) + "\n"
 
-    def to_csv(self) -> str:
-        import csv
-        import io
-
-        records = self.records()
-        out = io.StringIO()
-        fields = list(records[0]) if records else ["job", *self.metrics, "status", "error", "dir"]
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({k: "" if v is None else v for k, v in record.items()})
-        return out.getvalue()
-
-    def to_rich(self, console=None):
-        """The heading lines and the table, as one rich renderable (sized for `console` if given)."""
-        from rich.console import Group
-        from rich.text import Text
-
-        table = self._rich_table(None)
-        if console is not None:
-            natural = console.measure(table, options=console.options.update_width(100_000)).maximum
-            if natural > console.width:  # rich would squeeze the wrappable status column to nothing
-                table = self._rich_table(min(40, max([len("status"), *(len(self.cells(j)[-1]) for j in self.jobs)])))
-        return Group(*(Text(line) for line in self.heading()), table)
-
-    def _rich_table(self, status_width: int | None):
-        from rich.table import Table as RichTable
-
-        table = RichTable(header_style="bold")
-        for column in self.columns:
-            numeric = column == "job" or column in self.metrics
-            table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "status",
-                             overflow="fold", width=status_width if column == "status" else None)
+    def rows(self) -> list[tuple[list[str], str]]:
+        """(cells, status style) per row, for the printed table."""
         styles = {"ok": "green", "failed": "red", "missing": "yellow"}
-        for job in self.jobs:
-            cells = self.cells(job)
-            cells[-1] = f"[{styles[job.status]}]{escape(cells[-1])}[/]"
-            table.add_row(*cells[:-1], cells[-1])
-        return table
+        return [(self.cells(job), styles[job.status]) for job in self.jobs]
+
+    def csv_fields(self) -> list[str]:
+        return ["job", *self.metrics, "status", "error", "dir"]  # the header of a table with no rows
 
 
 def _optuna_line(sweep: Sweep) -> str:
