@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             study = write_study(path, plot=not args.plot)  # a study's sweep: study.md, its findings
             if study is not None:
                 for verdict in study[0].verdicts():
-                    console.print(verdict.line, markup=False, highlight=False)
+                    console.print(verdict.line, markup=False, highlight=False, soft_wrap=True)
                 written += [p for p in study[1] if p not in written]
         except OSError as err:
             raise ReportError(f"cannot write the report into {path}: {err.strerror or err}") from None

@@ -84,9 +84,9 @@ def print_study_report(sweep_dir: Path) -> None:
         return
     if made is not None:
         study, _ = made
-        console.print(study.table_markdown(), markup=False, highlight=False)
+        console.print(study.table_markdown(), markup=False, highlight=False, soft_wrap=True)
         for verdict in study.verdicts():
-            console.print(verdict.line, markup=False, highlight=False)
+            console.print(verdict.line, markup=False, highlight=False, soft_wrap=True)
         console.print(f"study report: {sweep_dir / 'study.md'}", markup=False, highlight=False)
 
 
