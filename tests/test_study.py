@@ -80,6 +80,9 @@ def test_best_is_best_interior_and_worst_is(tmp_path):
     assert not wrong.reproduced and wrong.statistic.startswith("best: optimizer.lr=0.01"), wrong.line
     assert verdict(tmp_path / "c", values, {"kind": "best_interior"}, x="optimizer.lr").reproduced
     assert verdict(tmp_path / "d", values, {"kind": "worst_is", "value": 1}, x="optimizer.lr").reproduced
+    same = {"0.1": NOISY, "0.5": NOISY}
+    result = verdict(tmp_path / "f", same, {"kind": "best_is", "value": "0.1"}, x="scheduler.factor")
+    assert not result.reproduced and "scheduler.factor changed nothing" in result.statistic
     at_end = {"0.001": [0.70, 0.71, 0.72], "0.01": [0.60, 0.61, 0.62], "0.1": [0.50, 0.51, 0.52]}
     result = verdict(tmp_path / "e", at_end, {"kind": "best_interior"}, x="optimizer.lr")
     assert not result.reproduced and "the best is at an end" in result.statistic

@@ -87,6 +87,9 @@ def write_page(out: Path, docs: Path) -> list[str]:
             target = images / f"{name}_{png.name}"
             shutil.copyfile(png, target)
             text = text.replace(f"]({png.name})", f"](studies/{target.name})")
+        notes = _notes(name)  # read now: the differences are written once the study has run
+        if notes and notes not in text:
+            text += "\n" + notes + "\n"
         minutes = sum(float(j.metrics.get("wall_time_s", 0) or 0) for j in study.sweep.jobs) / 60
         text = text.replace("\nCommand:", f"\nStudy `{name}` ({minutes:.1f} min of training).\n\nCommand:", 1)
         sections.append(text)
@@ -108,6 +111,14 @@ def write_page(out: Path, docs: Path) -> list[str]:
             summary.append(f"| {name} | {f['text']} | {'reproduced' if f['reproduced'] else 'not reproduced'} |")
     docs.write_text(head + "\n".join(summary) + "\n\n" + "\n".join(sections) + "\n" + NOT_RUN)
     return done
+
+
+def _notes(name: str) -> str:
+    """study.notes of conf/study/<name>.yaml as it is now: what differs from the original, and why."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(config_dir()) / "study" / f"{name}.yaml").get("study") or {}
+    return " ".join(str(node.get("notes") or "").split())
 
 
 def _source(name: str) -> tuple[str, str]:

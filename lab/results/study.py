@@ -148,11 +148,15 @@ class Study:
         sign = -1.0 if worst else 1.0
         settings.sort(key=lambda s: sign * self.sign * _mean(s[1]), reverse=True)
         named = self.runs(value)
+        is_named = (lambda key: _matches_params(key, value)) if isinstance(value, dict) \
+            else (lambda key: _norm(key) == _norm(value))
         top_key, top_runs = settings[0]
-        others = [s for s in settings if not _same(s[1], named)]
+        others = [s for s in settings if not is_named(s[0])]
         if not others:
             return False, f"{self.label(value)} {_ms(named)} is the only setting"
-        is_top = _same(top_runs, named)
+        if all(sorted(runs) == sorted(named) for _, runs in settings):
+            return False, f"every setting gave the same runs ({_ms(named)}): {self.x} changed nothing"
+        is_top = is_named(top_key)
         other_key, other_runs = others[0] if is_top else (top_key, top_runs)
         t = sign * self.t(named, other_runs)
         which = "worst" if worst else "best"
@@ -261,6 +265,10 @@ def write_report(path: str | Path, plot: bool = True) -> tuple[Study, list[Path]
     return study, written + [path / STUDY_MD, path / STUDY_JSON]
 
 
+def _matches_params(params: dict[str, str], value: dict[str, Any]) -> bool:
+    return all(_norm(params.get(k, "")) == _norm(v) for k, v in value.items())
+
+
 def _matches(group: Group, x: str, value: Any) -> bool:
     if isinstance(value, dict):
         return all(_norm(group.params.get(k, "")) == _norm(v) for k, v in value.items())
@@ -282,10 +290,6 @@ def _ordered(values: set[str], appearance: list[str]) -> list[str]:
         return sorted(unique, key=float)
     except ValueError:
         return unique
-
-
-def _same(a: list[float], b: list[float]) -> bool:
-    return sorted(a) == sorted(b)
 
 
 def _mean(values: list[float]) -> float:
