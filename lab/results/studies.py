@@ -14,6 +14,7 @@ STUDIES.md that cannot run on this machine, with why.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -73,7 +74,7 @@ def write_page(out: Path, docs: Path) -> list[str]:
 
     images = docs.parent / "studies"
     images.mkdir(parents=True, exist_ok=True)
-    sections, done = [], []
+    sections, done, total = [], [], 0.0
     for name in sorted(study_names(), key=_source):
         folder = out / name
         if not (folder / "multirun.yaml").is_file():
@@ -91,6 +92,7 @@ def write_page(out: Path, docs: Path) -> list[str]:
         if notes and notes not in text:
             text += "\n" + notes + "\n"
         minutes = sum(float(j.metrics.get("wall_time_s", 0) or 0) for j in study.sweep.jobs) / 60
+        total += minutes
         text = text.replace("\nCommand:", f"\nStudy `{name}` ({minutes:.1f} min of training).\n\nCommand:", 1)
         sections.append(text)
         done.append(name)
@@ -101,11 +103,11 @@ def write_page(out: Path, docs: Path) -> list[str]:
             "schedule shape and model family; fewer epochs, a data fraction, smaller widths: see each "
             "`conf/study/<name>.yaml`), run with seeds 0, 1 and 2. A finding counts as reproduced when its "
             "direction holds and Welch's t of the difference is at least 2 (lab.results.study says each rule). "
-            "Recipes were not tuned to reach a finding.\n\n")
+            "Recipes were not tuned to reach a finding.\n\n"
+            f"{len(done)} studies, {total:.0f} min of training in all (the runs' wall_time_s; start-up and "
+            f"data loading add about 10 s per study), written {time.strftime('%Y-%m-%d')}.\n\n")
     summary = ["| study | finding | this run |", "|---|---|---|"]
     for name in done:
-        import json
-
         data = json.loads((out / name / "study.json").read_text())
         for f in data["findings"]:
             summary.append(f"| {name} | {f['text']} | {'reproduced' if f['reproduced'] else 'not reproduced'} |")
