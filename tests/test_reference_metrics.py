@@ -221,6 +221,7 @@ def _ddp_r2(rank: int, world: int, port: int, cases: list, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two gloo processes (about 8 s): make test-all; the default tier stays under 5 minutes
 def test_r2_is_summed_across_two_processes(tmp_path):
     """Two gloo processes, each with its own batches (or one with none), report sklearn's R^2 of all."""
     import ast

@@ -247,6 +247,7 @@ FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_
         "trainer.limit_test_batches=1"]
 
 
+@pytest.mark.slow  # a real run (about 15 s): make test-all; the default tier stays under 5 minutes
 def test_a_real_seed_sweep_is_reported_by_configuration_and_tensorboard_keeps_one_row_per_run(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
