@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.config.paths import config_dir
-from lab.results.study import Study, study_of, write_report
+from lab.results.study import Study, write_report
 from lab.results.sweep import ReportError, load_sweep
 from tests.conftest import ROOT
 from tests.test_report import make_sweep
@@ -40,8 +40,8 @@ def study_sweep(path: Path, x: str, values: dict[str, list[float]], spec: dict, 
 
 def verdict(tmp_path, values, finding, x="data.noise_ratio", **spec):
     path = study_sweep(tmp_path / "sweep", x, values, {"findings": [finding], **spec})
-    study = Study(load_sweep(path), study_of(path))
-    (result,) = study.verdicts()
+    study = Study(load_sweep(path))
+    (result,) = study.verdicts
     return result
 
 
@@ -108,9 +108,9 @@ def test_a_finding_naming_a_value_the_sweep_did_not_run_says_so(tmp_path):
 
 def test_the_report_is_written_into_the_sweep_and_lab_report_regenerates_it(tmp_path):
     values = {"0.0": NOISY, "0.5": [0.50, 0.51, 0.52]}
-    path = study_sweep(tmp_path / "sweep", "data.noise_ratio", values,
-                       {"title": "Noise", "reference": "0.1: 46.79%", "findings": [{"kind": "decreasing", "text": "falls"}]})
-    _, written = write_report(path)
+    spec = {"title": "Noise", "reference": "0.1: 46.79%", "findings": [{"kind": "decreasing", "text": "falls"}]}
+    path = study_sweep(tmp_path / "sweep", "data.noise_ratio", values, spec)
+    _, written = write_report(load_sweep(path))
     text = (path / "study.md").read_text()
     assert "| data.noise_ratio | test/top1 | wall_time_s | n |" in text
     assert f"| 0.0 | {statistics.fmean(NOISY):.4f} ± {statistics.stdev(NOISY):.4f} |" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lab.results.grouped_table import group_table, write_grouped
 from lab.results.plots import REPORT_RUN, plot
+from lab.results.study import print_findings
 from lab.results.study import write_report as write_study
 from lab.results.sweep import ReportError, latest_sweep, load_sweep
 from lab.results.table import build_table, write
@@ -68,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     console.print("nothing to plot: " + ("no parameter varies across jobs" if not table.params
                                                          else "no job has a value yet"))
-            study = write_study(path, plot=not args.plot)  # a study's sweep: study.md, its findings
+            study = write_study(table.sweep, plot=not args.plot)  # a study's sweep: study.md, its findings
             if study is not None:
-                for verdict in study[0].verdicts():
-                    console.print(verdict.line, markup=False, highlight=False, soft_wrap=True)
+                print_findings(study[0])
                 written += [p for p in study[1] if p not in written]
         except OSError as err:
             raise ReportError(f"cannot write the report into {path}: {err.strerror or err}") from None

@@ -20,7 +20,17 @@ from typing import Any
 
 from lab.results.groups import REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std
 from lab.results.sweep import ReportError
-from lab.results.table import DETAIL_WIDTH, TABLE_CSV, TABLE_MD, Rendered, Table, escape, higher_first, maybe_float, short, usable
+from lab.results.table import (
+    DETAIL_WIDTH,
+    TABLE_CSV,
+    TABLE_MD,
+    Rendered,
+    Table,
+    higher_first,
+    maybe_float,
+    short,
+    usable,
+)
 
 JOBS_MD, JOBS_CSV = "jobs.md", "jobs.csv"  # the per-job table, beside a grouped table.md / table.csv
 
@@ -146,7 +156,8 @@ class GroupedTable(Rendered):
         out = []
         for group in self.groups:
             statuses = {job.status for job in group.jobs}
-            out.append((self.cells(group), "red" if "failed" in statuses else "yellow" if "missing" in statuses else "green"))
+            style = "red" if "failed" in statuses else "yellow" if "missing" in statuses else "green"
+            out.append((self.cells(group), style))
         return out
 
     def csv_fields(self) -> list[str]:

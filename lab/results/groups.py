@@ -69,6 +69,4 @@ def mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
     """`0.8512 ± 0.0031` (n >= 2), `0.8512` (n = 1), '' (n = 0)."""
     if n == 0 or math.isnan(mean):
         return ""
-    if 0 < abs(mean) < 10 ** (1 - digits):  # e.g. an mse of 2e-5: significant digits, not 0.0000
-        return f"{mean:.3g}" if n < 2 or math.isnan(std) else f"{mean:.3g} ± {std:.2g}"
     return f"{mean:.{digits}f}" if n < 2 or math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -71,6 +71,7 @@ def run_study(name: str, out: Path, data_root: str) -> float:
 def write_page(out: Path, docs: Path) -> list[str]:
     """docs/studies.md from every study sweep under `out`; returns the studies it holds."""
     from lab.results.study import write_report
+    from lab.results.sweep import load_sweep
 
     images = docs.parent / "studies"
     images.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def write_page(out: Path, docs: Path) -> list[str]:
         folder = out / name
         if not (folder / "multirun.yaml").is_file():
             continue
-        made = write_report(folder)
+        made = write_report(load_sweep(folder))
         if made is None:
             continue
         study, written = made

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lab.results.groups import Group, group_jobs, mean_std
+from lab.results.grouped_table import format_mean_std
+from lab.results.groups import Group, group_jobs
 from lab.results.sweep import ReportError, Sweep
 from lab.runs import folder as run_folder
 
@@ -52,24 +55,11 @@ class Verdict:
         return f"{'reproduced' if self.reproduced else 'not reproduced'}: {self.text} ({self.statistic})"
 
 
-def study_of(path: Path) -> dict[str, Any] | None:
-    """The `study:` node of the sweep's config (multirun.yaml), or None for a sweep that is not a study."""
-    from omegaconf import OmegaConf
-
-    file = Path(path) / run_folder.MULTIRUN
-    if not file.is_file():
-        return None
-    try:
-        node = OmegaConf.load(file).get("study")
-    except Exception:  # noqa: BLE001 - lab.results.sweep reports an unreadable multirun.yaml itself
-        return None
-    return OmegaConf.to_container(node, resolve=False) if node is not None else None
-
-
 class Study:
     """A study's sweep read back: its settings (groups of seeds) in x order, and the checks."""
 
-    def __init__(self, sweep: Sweep, spec: dict[str, Any]) -> None:
+    def __init__(self, sweep: Sweep) -> None:
+        spec = sweep.study or {}
         for key in ("x", "metric"):
             if not spec.get(key):
                 raise ReportError(f"{sweep.path / run_folder.MULTIRUN}: study.{key} is missing; a study names "
@@ -78,7 +68,7 @@ class Study:
         self.x, self.metric = str(spec["x"]), str(spec["metric"])
         self.sign = -1.0 if str(spec.get("mode", "max")) == "min" else 1.0
         self.groups = group_jobs(sweep.jobs, sweep.varying)
-        self.x_values = _ordered({g.params.get(self.x, "") for g in self.groups}, [g.params.get(self.x, "") for g in self.groups])
+        self.x_values = _ordered([g.params.get(self.x, "") for g in self.groups])
 
     # -- the settings a finding names
     def runs(self, value: Any) -> list[float]:
@@ -103,11 +93,8 @@ class Study:
         """Welch's t of mean(a) - mean(b), signed so that positive means a is better."""
         if len(a) < 2 or len(b) < 2:
             return math.nan
-        ma, mb = sum(a) / len(a), sum(b) / len(b)
-        va = sum((v - ma) ** 2 for v in a) / (len(a) - 1)
-        vb = sum((v - mb) ** 2 for v in b) / (len(b) - 1)
-        se = math.sqrt(va / len(a) + vb / len(b))
-        diff = self.sign * (ma - mb)
+        se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+        diff = self.sign * (statistics.fmean(a) - statistics.fmean(b))
         return diff / se if se > 0 else (math.inf if diff > 0 else -math.inf if diff < 0 else 0.0)
 
     def check(self, finding: dict[str, Any]) -> Verdict:
@@ -121,7 +108,7 @@ class Study:
     def _pair(self, finding):
         a, b = self.runs(finding["a"]), self.runs(finding["b"])
         t = self.t(a, b)
-        stat = f"{self.label(finding['a'])} {_ms(a)} vs {self.label(finding['b'])} {_ms(b)}, t = {_t(t)}"
+        stat = f"{self.label(finding['a'])} {self._ms(a)} vs {self.label(finding['b'])} {self._ms(b)}, t = {_t(t)}"
         return t, stat
 
     def _better(self, finding):
@@ -134,8 +121,8 @@ class Study:
 
     def _ranked(self):
         """x values with results, best mean first."""
-        means = {x: _mean(self.runs(x)) for x in self.x_values if self.runs(x)}
-        return sorted(means, key=lambda x: self.sign * means[x], reverse=True), means
+        means = {x: _mean(runs) for x in self.x_values if (runs := self.runs(x))}
+        return sorted(means, key=lambda x: self.sign * means[x], reverse=True)
 
     def _best_is(self, finding, worst: bool = False):
         value = finding["value"]
@@ -153,32 +140,32 @@ class Study:
         top_key, top_runs = settings[0]
         others = [s for s in settings if not is_named(s[0])]
         if not others:
-            return False, f"{self.label(value)} {_ms(named)} is the only setting"
+            return False, f"{self.label(value)} {self._ms(named)} is the only setting"
         if all(sorted(runs) == sorted(named) for _, runs in settings):
-            return False, f"every setting gave the same runs ({_ms(named)}): {self.x} changed nothing"
+            return False, f"every setting gave the same runs ({self._ms(named)}): {self.x} changed nothing"
         is_top = is_named(top_key)
         other_key, other_runs = others[0] if is_top else (top_key, top_runs)
         t = sign * self.t(named, other_runs)
         which = "worst" if worst else "best"
         if is_top:
-            stat = (f"{which}: {self.label(value)} {_ms(named)}; next {self.label(other_key)} {_ms(other_runs)}, "
-                    f"t = {_t(t)}") + _short_of(t)
+            stat = (f"{which}: {self.label(value)} {self._ms(named)}; "
+                    f"next {self.label(other_key)} {self._ms(other_runs)}, t = {_t(t)}") + _short_of(t)
         else:
-            stat = f"{which}: {self.label(top_key)} {_ms(top_runs)}; {self.label(value)} {_ms(named)}"
+            stat = f"{which}: {self.label(top_key)} {self._ms(top_runs)}; {self.label(value)} {self._ms(named)}"
         return is_top and not math.isnan(t) and t >= T_NEEDED, stat
 
     def _worst_is(self, finding):
         return self._best_is(finding, worst=True)
 
     def _best_interior(self, finding):
-        order, means = self._ranked()
+        order = self._ranked()
         if len(self.x_values) < 3 or not order:
             return False, "needs 3 or more settings with results"
         best = order[0]
         ends = [self.x_values[0], self.x_values[-1]]
         ts = [self.t(self.runs(best), self.runs(end)) for end in ends]
-        stat = (f"best {self.label(best)} {_ms(self.runs(best))}; ends {self.label(ends[0])} {_ms(self.runs(ends[0]))} "
-                f"(t = {_t(ts[0])}), {self.label(ends[1])} {_ms(self.runs(ends[1]))} (t = {_t(ts[1])})")
+        stat = f"best {self.label(best)} {self._ms(self.runs(best))}; ends " + ", ".join(
+            f"{self.label(end)} {self._ms(self.runs(end))} (t = {_t(t)})" for end, t in zip(ends, ts))
         interior = best not in ends
         return interior and all(not math.isnan(t) and t >= T_NEEDED for t in ts), \
             stat + ("" if interior else "; the best is at an end")
@@ -188,16 +175,25 @@ class Study:
         means = [_mean(r) for r in runs]
         steps = all(b < a for a, b in zip(means, means[1:]))
         t = self.sign * self.t(runs[0], runs[-1])  # of the raw values, whatever the mode: falling is positive
-        stat = ", ".join(f"{x} {_ms(r)}" for x, r in zip(self.x_values, runs)) + f"; first - last t = {_t(t)}"
+        stat = ", ".join(f"{x} {self._ms(r)}" for x, r in zip(self.x_values, runs)) + f"; first - last t = {_t(t)}"
         return steps and not math.isnan(t) and t >= T_NEEDED, stat + ("" if steps else "; not falling at every step")
 
     def _at_chance(self, finding):
         runs = self.runs(finding["value"])
         limit = float(finding.get("chance", 0.0)) + float(finding.get("margin", 0.0))
         mean = _mean(runs)
-        return bool(runs) and mean <= limit, f"{self.label(finding['value'])} {_ms(runs)}, chance + margin = {limit:g}"
+        stat = f"{self.label(finding['value'])} {self._ms(runs)}, chance + margin = {limit:g}"
+        return bool(runs) and mean <= limit, stat
+
+    def _ms(self, values: list[float]) -> str:
+        """`mean ± std (n=k)` of runs of the study's metric, formatted as lab.report formats it."""
+        if not values:
+            return "(no runs)"
+        std = statistics.stdev(values) if len(values) > 1 else math.nan
+        return f"{format_mean_std(self.metric, _mean(values), std, len(values))} (n={len(values)})"
 
     # -- the report
+    @cached_property
     def verdicts(self) -> list[Verdict]:
         return [self.check(f) for f in self.spec.get("findings") or []]
 
@@ -210,8 +206,8 @@ class Study:
         lines = ["| " + " | ".join([*keys, *metrics, "n"]) + " |", "|" + "---|" * (len(keys) + len(metrics) + 1)]
         for g in groups:
             stats = [g.stats(m) for m in metrics]
-            cells = [g.params.get(k, "") for k in keys] + \
-                [mean_std(*s, digits=1 if m == "wall_time_s" else 4) for m, s in zip(metrics, stats)] + [str(stats[0][2])]
+            cells = [g.params.get(k, "") for k in keys] + [format_mean_std(m, *s) for m, s in zip(metrics, stats)]
+            cells.append(str(stats[0][2]))
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -222,7 +218,8 @@ class Study:
         direction = "lower" if self.sign < 0 else "higher"
         parts = [f"{'#' * title_level} {spec.get('title') or sweep.path.name}", "",
                  f"Command: `python -m lab.run -m {' '.join(sweep.command)}`", "",
-                 f"Read by `{self.metric}` ({direction} is better), mean ± std over seeds {', '.join(seeds) or '(one run)'}; "
+                 f"Read by `{self.metric}` ({direction} is better), "
+                 f"mean ± std over seeds {', '.join(seeds) or '(one run)'}; "
                  f"{counts['ok']} of {len(sweep.jobs)} runs finished"
                  + (f", {counts['failed']} failed" if counts["failed"] else "") + ".", "",
                  self.table_markdown(), ""]
@@ -231,22 +228,27 @@ class Study:
             parts += [f"![{self.metric} against {self.x}]({plot})", ""]
         if spec.get("reference"):
             parts += [f"Reference (STUDIES.md): {' '.join(str(spec['reference']).split())}", ""]
-        parts += ["Findings:", ""] + [f"- {v.line}" for v in self.verdicts()]
+        parts += ["Findings:", ""] + [f"- {v.line}" for v in self.verdicts]
         if spec.get("notes"):
             parts += ["", " ".join(str(spec["notes"]).split())]
         return "\n".join(parts) + "\n"
 
 
-def write_report(path: str | Path, plot: bool = True) -> tuple[Study, list[Path]] | None:
-    """Writes study.md and study.json (and the plots of lab.report) into a study's sweep folder;
-    None for a sweep that is not a study."""
-    from lab.results.sweep import load_sweep
+def print_findings(study: Study, table: bool = False) -> None:
+    """The verdict lines (and, with `table`, the mean ± std table) on the console, uncut in a log."""
+    from lab.utils.console import console
 
-    path = Path(path)
-    spec = study_of(path)
-    if spec is None:
+    lines = ([study.table_markdown()] if table else []) + [v.line for v in study.verdicts]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def write_report(sweep: Sweep, plot: bool = True) -> tuple[Study, list[Path]] | None:
+    """Writes study.md and study.json (and the plot of the study's metric) into a study's sweep
+    folder; None for a sweep that is not a study."""
+    if sweep.study is None:
         return None
-    study = Study(load_sweep(path), spec)
+    study, path, spec = Study(sweep), sweep.path, sweep.study
     written: list[Path] = []
     if plot:
         from lab.results.plots import plot as draw
@@ -256,11 +258,10 @@ def write_report(path: str | Path, plot: bool = True) -> tuple[Study, list[Path]
         if study.x in table.params:
             written += draw(table, study.x)
     (path / STUDY_MD).write_text(study.markdown())
-    verdicts = study.verdicts()
     summary = {"title": spec.get("title"), "x": study.x, "metric": study.metric, "command": study.sweep.command,
                "settings": [{"params": g.params, **dict(zip(("mean", "std", "n"), g.stats(study.metric)))}
                             for g in study.groups],
-               "findings": [asdict(v) | {"reproduced": v.reproduced} for v in verdicts]}
+               "findings": [asdict(v) for v in study.verdicts]}
     (path / STUDY_JSON).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return study, written + [path / STUDY_MD, path / STUDY_JSON]
 
@@ -283,7 +284,7 @@ def _norm(value: Any) -> str:
         return text
 
 
-def _ordered(values: set[str], appearance: list[str]) -> list[str]:
+def _ordered(appearance: list[str]) -> list[str]:
     """x values ascending when all are numbers, else in the order the sweep ran them."""
     unique = list(dict.fromkeys(appearance))
     try:
@@ -293,16 +294,7 @@ def _ordered(values: set[str], appearance: list[str]) -> list[str]:
 
 
 def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def _ms(values: list[float]) -> str:
-    n = len(values)
-    if not n:
-        return "(no runs)"
-    mean = _mean(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return f"{mean_std(mean, std, n)} (n={n})"
+    return statistics.fmean(values) if values else math.nan
 
 
 def _t(t: float) -> str:

@@ -69,6 +69,7 @@ class Sweep:
     note: str = ""  # set when the job list could only be read from the job folders
     optuna: dict[str, Any] | None = None  # an Optuna study: n_trials, direction, optimization_results.yaml
     objective: Objective = field(default_factory=Objective)  # task.objective: what ranks the jobs
+    study: dict[str, Any] | None = None  # a study's `study:` node (conf/study/), else None
 
     @property
     def keys(self) -> list[str]:
@@ -121,7 +122,7 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
 
     if expected is None:
         jobs = [_job(_folder_num(folder), overrides, folder) for folder, overrides in found]
-        return Sweep(path, jobs, command, note, _read_optuna(path, hydra_cfg), objective)
+        return Sweep(path, jobs, command, note, _read_optuna(path, hydra_cfg), objective, _study(config))
 
     slots: list[Job | None] = [None] * len(expected)
     free: dict[tuple[str, ...], list[int]] = {}
@@ -143,7 +144,12 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
         else:
             extra.append(_job(num, overrides or [], folder))
     jobs = [slot or Job(i, list(expected[i])) for i, slot in enumerate(slots)] + extra
-    return Sweep(path, jobs, command, note, objective=objective)
+    return Sweep(path, jobs, command, note, objective=objective, study=_study(config))
+
+
+def _study(config: dict) -> dict[str, Any] | None:
+    node = config.get("study")
+    return node if isinstance(node, dict) else None
 
 
 def _read_multirun(path: Path) -> dict:

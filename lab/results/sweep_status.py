@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lab.config.objective import objective_of
 from lab.errors import ConfigError
-from lab.results.sweep import job_folders
+from lab.results.sweep import job_folders, load_sweep
 from lab.runs import folder as run_folder
 
 _MISSING = object()
@@ -74,19 +74,16 @@ def print_study_report(sweep_dir: Path) -> None:
     """A study's report (lab.results.study) into its folder, its findings on the console; a report
     that cannot be made says why in one line and leaves the sweep's own outcome alone."""
     from lab.errors import LabError
-    from lab.results.study import write_report
+    from lab.results.study import print_findings, write_report
     from lab.utils.console import console, print_error
 
     try:
-        made = write_report(sweep_dir)
+        made = write_report(load_sweep(sweep_dir))
     except LabError as err:
         print_error(f"study report not written: {err}")
         return
     if made is not None:
-        study, _ = made
-        console.print(study.table_markdown(), markup=False, highlight=False, soft_wrap=True)
-        for verdict in study.verdicts():
-            console.print(verdict.line, markup=False, highlight=False, soft_wrap=True)
+        print_findings(made[0], table=True)
         console.print(f"study report: {sweep_dir / 'study.md'}", markup=False, highlight=False)
 
 
