@@ -88,7 +88,7 @@ def build_parts(cfg: DictConfig) -> Parts:
         scheduler=scheduler,
         **datamodule.task_inputs(),
     )
-    apply_speed_switches(task, resolve_speed_defaults(cfg.get("trainer") or {}))
+    apply_speed_switches(task, speed_settings(cfg))
     return Parts(datamodule, model, task)
 
 
@@ -97,41 +97,63 @@ SPEED_KEYS = ("channels_last", "compile")
 
 
 def trains_on_cuda(trainer_cfg: Any) -> bool:
-    """Whether this trainer config will run on a CUDA device (accelerator gpu/cuda, or auto with one present)."""
+    """Whether this trainer config will run on a CUDA device (accelerator gpu/cuda, or auto with one
+    present), asked the fork-safe way (lab.train.device: no CUDA context before the Trainer)."""
     accelerator = str(trainer_cfg.get("accelerator", "auto")).lower()
     if accelerator in ("gpu", "cuda"):
         return True
     if accelerator != "auto":
         return False
-    import torch
+    from lab.train.device import cuda_device_count
 
-    return torch.cuda.is_available()
+    return cuda_device_count() > 0
 
 
-def resolve_speed_defaults(trainer_cfg: Any) -> dict[str, Any]:
-    """The trainer node with its `auto` speed settings decided for the device the run will use.
+def resolve_speed_defaults(trainer_cfg: Any, task_precision: str | None = None) -> dict[str, Any]:
+    """The trainer node with its `auto` settings decided for the device the run will use.
 
-    On a CUDA device: bf16 mixed precision (fp16 mixed before Ampere, which has no bf16),
-    the cudnn autotuner and channels-last (NHWC) convolutions, the GPU path of issue 8.
-    Elsewhere: fp32, no autotuner, the model's own layout (experiments that are faster NHWC
-    on CPU set task.channels_last themselves)."""
+    On a CUDA device: bf16 mixed precision when every visible GPU has it (Ampere and later),
+    fp16 mixed before; `task_precision` instead when the task names one (regression: fp32);
+    the cudnn autotuner unless the run asks to be deterministic (the autotuner picks kernels by
+    timing them); channels-last (NHWC) convolutions. Elsewhere: fp32, no autotuner, the
+    model's own layout (experiments that are faster NHWC on CPU set task.channels_last).
+
+    `deterministic: true` on CUDA becomes Lightning's "warn": deterministic kernels wherever
+    torch has one, and a warning (not a crash at the first backward) for the few ops that have
+    none, such as AdaptiveAvgPool2d's backward in torchvision's models."""
+    from lab.errors import ConfigError
+
     node = dict(OmegaConf.to_container(trainer_cfg, resolve=True)) if isinstance(trainer_cfg, DictConfig) \
         else dict(trainer_cfg)
+    deterministic = node.get("deterministic") not in (None, False, "false", "False")
+    if deterministic and node.get("benchmark") is True:
+        raise ConfigError("trainer.deterministic and trainer.benchmark=true contradict each other: the cudnn "
+                          "autotuner picks kernels by timing them; leave trainer.benchmark=auto (off when "
+                          "deterministic) or set trainer.deterministic=false")
     auto = [k for k in ("precision", "benchmark", "channels_last") if str(node.get(k)) == "auto"]
-    if not auto:
-        return node
-    cuda = trains_on_cuda(node)
+    cuda = trains_on_cuda(node) if auto or deterministic or "bf16" in str(node.get("precision")) else False
+    if cuda and "bf16" in str(node.get("precision")):
+        from lab.train.device import cuda_devices, describe
+
+        if cuda_devices() and not all(d.has_bf16 for d in cuda_devices()):
+            raise ConfigError(f"trainer.precision={node['precision']} needs a GPU with bf16 (compute capability "
+                              f"8.0, Ampere, or later); this machine has {describe()}: use trainer.precision=auto "
+                              "(16-mixed there) or 32-true")
     if "precision" in auto:
         node["precision"] = "32-true"
         if cuda:
-            import torch
+            from lab.train.device import all_have_bf16, cuda_devices
 
-            bf16 = not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] >= 8
-            node["precision"] = "bf16-mixed" if bf16 else "16-mixed"
+            if task_precision:
+                node["precision"] = task_precision
+            else:  # no device visible: Lightning stops with its own message; bf16 is then moot
+                node["precision"] = "bf16-mixed" if all_have_bf16() or not cuda_devices() else "16-mixed"
     if "benchmark" in auto:
-        node["benchmark"] = cuda
+        node["benchmark"] = cuda and not deterministic
     if "channels_last" in auto:
         node["channels_last"] = cuda
+    if cuda and node.get("deterministic") is True:
+        node["deterministic"] = "warn"
     return node
 
 
@@ -140,29 +162,38 @@ def apply_speed_switches(task: Any, trainer_cfg: Any) -> None:
 
     channels_last turns on the task's NHWC layout (tasks without images have none and ignore
     it). compile wraps the model's forward with torch.compile in place (nn.Module.compile), so
-    parameter names, checkpoints and strict loading stay as without it."""
+    parameter names, checkpoints and strict loading stay as without it; a task whose steps call
+    more than forward (metric learning's features) compiles those itself (`compile_model`)."""
     if trainer_cfg.get("channels_last") and hasattr(task, "channels_last"):
         task.channels_last = True
     if trainer_cfg.get("compile"):
         from lab.errors import ConfigError
 
+        if callable(getattr(task, "compile_model", None)):  # the task knows what its steps call
+            task.compile_model()
+            return
         model = getattr(task, "model", None)
         if model is None or not callable(getattr(model, "compile", None)):
             raise ConfigError(f"trainer.compile=true needs a task with a torch model; {type(task).__name__} has none")
         model.compile()
 
 
-def _task_class_flag(cfg: DictConfig, name: str) -> bool:
-    """A class attribute of the configured task (without building it)."""
+def task_class_attribute(cfg: DictConfig, name: str, default: Any = None) -> Any:
+    """A class attribute of the configured task (without building it), or `default`."""
     target = OmegaConf.select(cfg, "task._target_")
     if not target:
-        return False
+        return default
     from hydra.utils import get_class
 
     try:
-        return bool(getattr(get_class(str(target)), name, False))
+        return getattr(get_class(str(target)), name, default)
     except Exception:  # noqa: BLE001 - an unknown target fails later, with Hydra's own message
-        return False
+        return default
+
+
+def speed_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The trainer node with its `auto` values decided for this run's device and task."""
+    return resolve_speed_defaults(cfg.get("trainer") or {}, task_class_attribute(cfg, "auto_precision"))
 
 
 def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, callbacks: Sequence[Any] = (),
@@ -197,10 +228,12 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, c
     callbacks += extra
     found = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c] if loggers else []
     # Resolved in the whole config (interpolations), minus lab's own keys.
-    node = {k: v for k, v in resolve_speed_defaults(cfg.trainer).items() if k not in SPEED_KEYS}
+    node = {k: v for k, v in speed_settings(cfg).items() if k not in SPEED_KEYS}
+    if not fitting:  # evaluation repeats the run's numbers: the same kernels every time, no autotuner
+        node["benchmark"] = False
     # lab's loaders shard by rank themselves; a run config saved before the key existed gets the same.
     node.setdefault("use_distributed_sampler", False)
-    if node.get("strategy") == "ddp" and _task_class_flag(cfg, "ddp_unused_parameters"):
+    if node.get("strategy") == "ddp" and task_class_attribute(cfg, "ddp_unused_parameters", False):
         node["strategy"] = "ddp_find_unused_parameters_true"  # parts of the model sit out some epochs
     if may_launch_processes(node):
         ddp_launch.install()  # rank > 0 processes re-run this job, into this job's folder
@@ -214,9 +247,9 @@ def may_launch_processes(node: dict[str, Any]) -> bool:
     if "ddp" in strategy or int(node.get("num_nodes", 1) or 1) > 1:
         return True
     if devices == "auto":
-        import torch
+        from lab.train.device import cuda_device_count
 
-        return trains_on_cuda(node) and torch.cuda.device_count() > 1
+        return trains_on_cuda(node) and cuda_device_count() > 1
     if devices == "-1":
         return True
     if devices.isdigit():

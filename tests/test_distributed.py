@@ -250,11 +250,13 @@ def test_trainer_configs(tmp_path):
     from lab.build import build_trainer
     from lab.train import ddp_launch
 
+    # The GPU trainers decide precision, autotuner and layout from the device and the task
+    # (tests/test_gpu_ready.py checks what `auto` becomes).
     gpu = compose(["trainer=gpu", "trainer.max_epochs=5"], output_dir=tmp_path).trainer
     assert (gpu.accelerator, gpu.precision, gpu.benchmark, gpu.channels_last, gpu.max_epochs) == (
-        "gpu", "bf16-mixed", True, True, 5)
+        "gpu", "auto", "auto", "auto", 5)
     ddp = compose(["trainer=ddp", "trainer.num_nodes=2"], output_dir=tmp_path).trainer
-    assert (ddp.strategy, ddp.devices, ddp.num_nodes, ddp.precision) == ("ddp", "auto", 2, "bf16-mixed")
+    assert (ddp.strategy, ddp.devices, ddp.num_nodes, ddp.precision) == ("ddp", "auto", 2, "auto")
 
     cfg = compose(["trainer=ddp_cpu", "logger=none"], output_dir=tmp_path)
     trainer = build_trainer(cfg)
@@ -298,26 +300,29 @@ def test_the_one_private_lightning_name_is_checked_and_fails_loudly(monkeypatch,
 
 
 def test_the_gpu_path_is_the_default_on_a_cuda_device(tmp_path, monkeypatch):
-    import torch
-
     from lab.build import build_parts, build_trainer, resolve_speed_defaults
+    from lab.train import device
+
+    def machine(*capabilities):
+        found = tuple(device.CudaDevice(f"gpu{i}", c, 2**34) for i, c in enumerate(capabilities))
+        monkeypatch.setattr(device, "cuda_devices", lambda: found)
+        monkeypatch.setattr(device, "cuda_device_count", lambda: len(found))
 
     default = compose([], output_dir=tmp_path).trainer
     assert (default.precision, default.benchmark, default.channels_last) == ("auto", "auto", "auto")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    machine()
     cpu = resolve_speed_defaults(default)
     assert (cpu["precision"], cpu["benchmark"], cpu["channels_last"]) == ("32-true", False, False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # Hopper: bf16
+    machine((9, 0))  # Hopper: bf16
     cuda = resolve_speed_defaults(default)
     assert (cuda["precision"], cuda["benchmark"], cuda["channels_last"]) == ("bf16-mixed", True, True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))  # Volta: no bf16
+    machine((9, 0), (7, 0))  # a Volta among them: no bf16
     assert resolve_speed_defaults(default)["precision"] == "16-mixed"
     # An explicit CPU trainer stays fp32 whatever the machine has; explicit values are kept.
     on_cpu = resolve_speed_defaults(compose(["trainer=cpu"], output_dir=tmp_path).trainer)
     assert (on_cpu["precision"], on_cpu["benchmark"], on_cpu["channels_last"]) == ("32-true", False, False)
     assert resolve_speed_defaults({"accelerator": "auto", "precision": "16-mixed"})["precision"] == "16-mixed"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    machine()
     cfg = compose(["logger=none"], output_dir=tmp_path)
     assert build_trainer(cfg).precision == "32-true"
     assert not build_parts(cfg).task.channels_last

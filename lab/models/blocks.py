@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
+
+
+class GlobalAvgPool(nn.Module):
+    """The mean over height and width, [N, C, H, W] -> [N, C] (or [N, C, 1, 1] with `flatten=False`).
+
+    What AdaptiveAvgPool2d(1) + Flatten compute, but its CUDA backward is deterministic, which
+    AdaptiveAvgPool2d's is not: with trainer.deterministic=true lab's own models need no exception."""
+
+    def __init__(self, flatten: bool = True) -> None:
+        super().__init__()
+        self.flatten = flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=not self.flatten)
 
 
 def norm2d(kind: str, channels: int) -> nn.Module:
@@ -54,7 +69,7 @@ class Head(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = GlobalAvgPool()
         if hidden > 0:
             self.neck = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
             width = hidden

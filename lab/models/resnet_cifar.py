@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import nn
 
-from lab.models.blocks import norm2d
+from lab.models.blocks import GlobalAvgPool, norm2d
 
 
 class BasicBlock(nn.Module):
@@ -47,7 +47,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(prev, width, stride=2 if (i > 0 and j == 0) else 1, norm=norm))
                 prev = width
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(prev, num_classes)
         self.feature_dim = prev
         for m in self.modules():

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lab.models.blocks import norm2d
+from lab.models.blocks import GlobalAvgPool, norm2d
 
 
 class SmallCNN(nn.Module):
@@ -59,7 +59,7 @@ class SmallCNN(nn.Module):
                 layers.append(nn.Dropout2d(float(dropout_conv)))
         self.body = nn.Sequential(*layers)
         if pool == "avg":
-            self.pool, flat = nn.AdaptiveAvgPool2d(1), prev
+            self.pool, flat = GlobalAvgPool(flatten=False), prev
         elif pool == "flatten":
             h, w = (int(s) for s in image_size)
             for _ in range(sum(1 for m in layers if isinstance(m, nn.MaxPool2d))):

@@ -20,6 +20,10 @@ from lab.errors import ConfigError
 
 
 class Task(L.LightningModule):
+    # What `trainer.precision: auto` becomes for this task on a CUDA device; None: the device's
+    # mixed precision (bf16, fp16 before Ampere). Read from the class before the Trainer exists.
+    auto_precision: str | None = None
+
     def __init__(self, objective: Mapping[str, Any] | Objective | None = None) -> None:
         super().__init__()
         self.objective = Objective.of(objective)
