@@ -191,3 +191,42 @@ def test_two_stage_run_logs_retrieval_metrics_and_feature_pictures(tmp_path):
     assert {"features/pca_train", "features/tsne_test", "train/confusion_matrix"} <= images
     projector = (tmp_path / "projector_config.pbtxt").read_text()
     assert "features_train" in projector and "features_test" in projector and "sprite" in projector
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2, 3], [2, 2, 2, 2]], ids=["no positives", "no negatives"])
+def test_batch_without_triplets_gives_a_zero_loss_that_still_backpropagates(labels):
+    x = torch.randn(4, 3, requires_grad=True)
+    loss, active = batch_hard_triplet_loss(x, torch.tensor(labels), 0.2, "euclidean")
+    loss.backward()
+    assert loss.item() == 0.0 and active.item() == 0.0 and loss.grad_fn is not None
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_compiled_two_stage_fit_logs_retrieval_metrics(tmp_path):
+    """compile_model (what trainer.compile=true calls): both stages and validation run through the
+    compiled features() (training and no-grad evaluation each compile their own graph)."""
+    import lightning as L
+    from torch._dynamo.utils import counters
+
+    from lab.data.digits import DigitsDataModule
+    from lab.models.small_cnn import SmallCNN
+    from lab.tasks.metric_learning import MetricLearningTask
+
+    dm = DigitsDataModule(batch_size=32, samples_per_class=4)
+    dm.setup("fit")
+    model = SmallCNN(**dm.model_inputs(), channels=[8], hidden=16)
+    task = MetricLearningTask(model=model, optimizer=partial(torch.optim.AdamW, lr=1e-2), stage1_epochs=1,
+                              **dm.task_inputs())
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        task.compile_model(backend="eager")
+        trainer = L.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
+        trainer.fit(task, datamodule=dm)
+        assert counters["stats"]["unique_graphs"] >= 2  # training and no-grad evaluation at least
+    finally:
+        torch._dynamo.reset()
+    assert 0.0 <= trainer.callback_metrics["val/map_at_r"].item() <= 1.0
+    assert trainer.callback_metrics["train/stage"].item() == 2

@@ -24,10 +24,15 @@ class ClassBalancedBatchSampler:
     a function of `seed` and the epoch number only (`set_epoch`, which Lightning calls
     through `.sampler` before every train epoch). Under DDP every rank draws the same
     epoch and keeps every `world_size`-th batch from its `rank` on: disjoint batches, the
-    same number on every rank."""
+    same number on every rank.
+
+    Batches are drawn on the CPU. As tensors they are in pinned memory when `pin_memory`
+    (default: when CUDA is available), so the loader's copy to the GPU can be asynchronous
+    (`.to(device, non_blocking=True)`); a copy from pageable memory waits for the GPU."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, samples_per_class: int, seed: int = 0,
-                 as_list: bool = False, rank: int = 0, world_size: int = 1) -> None:
+                 as_list: bool = False, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool | None = None) -> None:
         from lab.train.distributed import EpochHook
 
         labels = torch.as_tensor(labels).long().cpu()
@@ -50,6 +55,7 @@ class ClassBalancedBatchSampler:
         self.seed = int(seed)
         self.epoch = 0
         self.as_list = as_list
+        self.pin_memory = (torch.cuda.is_available() if pin_memory is None else bool(pin_memory)) and not as_list
         self.rank, self.world_size = int(rank), max(int(world_size), 1)
         # Batches drawn per epoch (all ranks together) and kept by each rank.
         self._per_rank = max(len(labels) // self.batch_size // self.world_size, 1)
@@ -89,4 +95,7 @@ class ClassBalancedBatchSampler:
             if b % self.world_size != self.rank:
                 continue  # another rank's batch (drawn here too: every rank follows the same stream)
             batch = torch.cat(parts)
-            yield batch.tolist() if self.as_list else batch
+            if self.as_list:
+                yield batch.tolist()
+            else:
+                yield batch.pin_memory() if self.pin_memory else batch

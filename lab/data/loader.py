@@ -38,6 +38,7 @@ class TensorBatchLoader:
         world_size: int = 1,
         train: bool | None = None,
         on_epoch=None,
+        pin_memory: bool = False,
     ) -> None:
         from lab.train.distributed import EpochHook, eval_shard, train_shard_size
 
@@ -64,6 +65,8 @@ class TensorBatchLoader:
         if self.train and self._count > 1 and self._count % self.batch_size == 1:
             self._num_batches -= 1
         self._on_epoch = on_epoch  # also told the epoch (the datamodule's augmentation)
+        # Host-kept data on a GPU run (too big for the device): pinned batches copy asynchronously.
+        self.pin_memory = bool(pin_memory)
         if self.shuffle or batch_sampler is not None:
             # Lightning's per-epoch set_epoch call looks for it on `.sampler`.
             self.sampler = EpochHook(self._epoch_starts)
@@ -83,11 +86,16 @@ class TensorBatchLoader:
         return len(self.batch_sampler) if self.batch_sampler is not None else self._num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self._batches():
+            yield (images.pin_memory(), labels.pin_memory()) if self.pin_memory else (images, labels)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
         self.epoch += 1
         if self.batch_sampler is not None:
             for idx in self.batch_sampler:
-                idx = idx.to(self.images.device)
+                # The sampler pins its index batches on a CUDA machine, so this copy does not block.
+                idx = idx.to(self.images.device, non_blocking=True)
                 yield self.images[idx], self.labels[idx]
             return
         if not self.train:  # a contiguous slice: batches are views, no gather
@@ -97,7 +105,7 @@ class TensorBatchLoader:
                 yield self.images[lo:hi], self.labels[lo:hi]
             return
         order = shard_order(len(self.images), self.shuffle, self.seed, epoch, self.rank, self.world_size)
-        order = order.to(self.images.device)
+        order = order.to(self.images.device)  # once per epoch
         for b in range(self._num_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]

@@ -188,6 +188,22 @@ class InMemoryClassificationData(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def _fits_on(self, device: torch.device, split: str, images: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Whether `split` may live on the GPU (lab.train.device.room_for); otherwise it stays in host
+        memory and each batch is pinned and copied without blocking (said once per split)."""
+        from lab.train.device import DATA_SHARE_OF_FREE, free_bytes, room_for
+        from lab.train.distributed import is_rank_zero
+
+        nbytes = images.nbytes + labels.nbytes
+        free = free_bytes(device)
+        if room_for(nbytes, free):
+            return True
+        if is_rank_zero():
+            print(f"note: data split {split} ({nbytes / 2**30:.1f} GiB as uint8) is more than "
+                  f"{DATA_SHARE_OF_FREE:.0%} of {device}'s free memory ({free / 2**30:.1f} GiB); it stays in host "
+                  "memory and each batch is pinned and copied to the GPU as it is needed")
+        return False
+
     def _transform_args(self, train: bool) -> dict[str, Any]:
         args = dict(self.augment) if train else {}
         return {**args, "resize": self.resize, "to_rgb": self.to_rgb}
@@ -208,16 +224,21 @@ class InMemoryClassificationData(L.LightningDataModule):
             from lab.data.balanced import ClassBalancedBatchSampler
 
             sampler = ClassBalancedBatchSampler(labels, batch_size, self.samples_per_class, seed=self.seed,
-                                                as_list=not self.fast_path, rank=rank, world_size=world)
+                                                as_list=not self.fast_path, rank=rank, world_size=world,
+                                                pin_memory=self._device().type == "cuda")
             sampler.set_epoch(self.epoch)
         if self.fast_path:
             device = self._device()
+            pin = False
             if device.type == "cuda" and images.device != device:  # the dataset moves to the GPU once
-                self.splits[split] = (images.to(device), labels.to(device))
-                images, labels = self.splits[split]
+                if self._fits_on(device, split, images, labels):
+                    self.splits[split] = (images.to(device), labels.to(device))
+                    images, labels = self.splits[split]
+                else:
+                    pin = True
             loader = TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=self.seed,
                                        batch_sampler=sampler, rank=rank, world_size=world, train=train,
-                                       on_epoch=self._set_transform_epoch if train else None)
+                                       on_epoch=self._set_transform_epoch if train else None, pin_memory=pin)
         else:
             transform = per_sample_transform(self.mean, self.std, train=train, image_size=tuple(images.shape[-2:]),
                                              **self._transform_args(train))

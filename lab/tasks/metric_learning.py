@@ -26,13 +26,18 @@ from lab.tasks.classification import ClassificationTask
 
 
 def pairwise_distances(x: torch.Tensor, distance: str) -> torch.Tensor:
-    """[N, N] distances: 1 - cosine similarity, or Euclidean (with a gradient-safe sqrt)."""
-    if distance == "cosine":
-        x = nn.functional.normalize(x, dim=1)
-        return 1.0 - x @ x.T
-    sq = x.pow(2).sum(dim=1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
-    return d2.clamp_min(1e-12).sqrt() * (d2 > 0)
+    """[N, N] distances: 1 - cosine similarity, or Euclidean (with a gradient-safe sqrt).
+
+    In fp32 (fp64 stays), autocast or not: in bf16, |a|^2 + |b|^2 - 2ab and 1 - cos are off by
+    more than the gaps hard-example mining ranks by."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 up, fp64 kept
+        if distance == "cosine":
+            x = nn.functional.normalize(x, dim=1)
+            return 1.0 - x @ x.T
+        sq = x.pow(2).sum(dim=1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.T).clamp_min(0.0)
+        return d2.clamp_min(1e-12).sqrt() * (d2 > 0)
 
 
 def batch_hard_triplet_loss(
@@ -40,7 +45,11 @@ def batch_hard_triplet_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over anchors of max(0, d(a, hardest positive) - d(a, hardest negative) + margin)
     (Hermans et al., 2017). Anchors without a positive or a negative in the batch are
-    skipped. Returns (loss, fraction of anchors with a non-zero loss)."""
+    skipped; with none left the loss is 0 (still in the graph, gradient 0). Returns (loss,
+    fraction of counted anchors with a non-zero loss), in fp32 or wider.
+
+    Masked, not indexed: no branch on a tensor value and no data-dependent shape, so it
+    makes no host sync on a GPU and compiles as one graph."""
     d = pairwise_distances(embeddings, distance)
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -48,11 +57,17 @@ def batch_hard_triplet_loss(
     hardest_pos = d.masked_fill(~pos, float("-inf")).amax(dim=1)
     hardest_neg = d.masked_fill(~neg, float("inf")).amin(dim=1)
     valid = pos.any(dim=1) & neg.any(dim=1)
-    if not bool(valid.any()):
-        zero = embeddings.sum() * 0.0
-        return zero, zero.detach()
-    per_anchor = torch.relu(hardest_pos[valid] - hardest_neg[valid] + margin)
-    return per_anchor.mean(), (per_anchor > 0).float().mean().detach()
+    # where, not a product: a skipped anchor's +-inf never reaches the loss or its gradient
+    per_anchor = torch.relu(torch.where(valid, hardest_pos - hardest_neg + margin, 0.0))
+    counted = valid.sum().clamp_min(1)
+    active = (per_anchor > 0).sum() / counted  # skipped anchors are 0, never active
+    return per_anchor.sum() / counted, active.float().detach()
+
+
+def _model_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model.features(x) with the model as an argument: what compile_model compiles, so a copy
+    of the task runs its own model (a compiled bound method would keep the original's)."""
+    return model.features(x)
 
 
 def find_classifier(model: nn.Module, num_classes: int) -> str:
@@ -106,6 +121,9 @@ class MetricLearningTask(ClassificationTask):
         # A name, not a second reference: the checkpoint keeps one key per weight.
         self.classifier_name = find_classifier(self.model, self.num_classes)
         self._features: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # torch.compile'd `_model_features` once compile_model ran: a plain attribute, so
+        # neither a parameter, nor a state_dict key, nor a hyperparameter.
+        self._compiled_features: Any = None
 
     @property
     def classifier(self) -> nn.Module:
@@ -135,9 +153,19 @@ class MetricLearningTask(ClassificationTask):
         self.log("train/stage", float(stage), on_step=False, on_epoch=True)  # equal on all ranks
 
     # --- steps -----------------------------------------------------------------------
+    def compile_model(self, **compile_kwargs: Any) -> None:
+        """What trainer.compile=true means here: torch.compile the features() every step runs
+        (nn.Module.compile covers forward() only, which metric learning never calls), and the
+        model's forward for prediction. Compiled lazily, at the first call; the parameters,
+        their names and the checkpoint stay those of the plain model."""
+        self._compiled_features = torch.compile(_model_features, **compile_kwargs)
+        self.model.compile(**compile_kwargs)
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._compiled_features is not None:
+            return self._compiled_features(self.model, x)
         return self.model.features(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -169,7 +197,8 @@ class MetricLearningTask(ClassificationTask):
         loss = self.criterion(logits, y)
         metrics.update(logits.detach(), y)
         self.track(f"{split}/loss", loss, len(y))
-        self._features.setdefault(split, []).append((feats.detach().float().cpu(), y.detach().cpu()))
+        # kept on the device (a copy to the host per batch would wait for the GPU each time)
+        self._features.setdefault(split, []).append((feats.detach().float(), y.detach()))
         return {"preds": logits.argmax(dim=1), "target": y}
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -190,6 +219,7 @@ class MetricLearningTask(ClassificationTask):
             feats, labels = gather_shards(feats, self.device), gather_shards(labels, self.device)
         if len(feats) < 2:
             return
+        # One copy to the host per epoch; ranked in fp32 on the CPU (no TF32): the same figures on any device.
         values = retrieval_metrics(feats.cpu(), labels.cpu(), ks=self.recall_ks, distance=self.distance)
         for key, value in values.items():
             self.log(f"{split}/{key}", value, prog_bar=key == "map_at_r" and split == "val", sync_dist=False)
