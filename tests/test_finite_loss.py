@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -47,6 +49,81 @@ def test_deferred_check_also_runs_at_epoch_end_and_passes_finite_losses():
     check.on_before_backward(_trainer(15), None, torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match="at step 15"):
         check.on_train_epoch_end(None, None)
+
+
+class ThreadGroup:
+    """Stands for a DDP process group: each rank is a thread, a sum all-reduce meets at a barrier. A
+    rank left waiting (the other raised alone) breaks the barrier after 5 s instead of hanging."""
+
+    def __init__(self, world: int) -> None:
+        self.barrier = threading.Barrier(world, timeout=5)
+        self.slots: list[torch.Tensor | None] = [None] * world
+        self.gathers = [0] * world
+
+    def trainer(self, rank: int, step: int) -> SimpleNamespace:
+        trainer = _trainer(step)
+        trainer.world_size, trainer.global_rank = len(self.slots), rank
+        trainer.strategy = SimpleNamespace(reduce=partial(self._reduce, rank))
+        return trainer
+
+    def _reduce(self, rank: int, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "sum"
+        self.slots[rank], self.gathers[rank] = tensor.clone(), self.gathers[rank] + 1
+        self.barrier.wait()
+        out = torch.stack(self.slots).sum(0)
+        self.barrier.wait()
+        return out
+
+    def run(self, losses: list[list[float]], **kwargs) -> list[str | None]:
+        """Each rank's losses from step 10 on, then the epoch's end: the error each rank raised."""
+        errors: list[str | None] = [None] * len(losses)
+
+        def rank_main(rank: int) -> None:
+            check = FiniteLossCheck(**kwargs)
+            try:
+                for step, value in enumerate(losses[rank], start=10):
+                    check.on_before_backward(self.trainer(rank, step), None, torch.tensor(value))
+                check.on_train_epoch_end(self.trainer(rank, 10 + len(losses[rank])), None)
+            except Exception as err:  # noqa: BLE001 - what each rank raised is the result
+                errors[rank] = f"{type(err).__name__}: {err}"
+
+        threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(len(losses))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return errors
+
+
+NAN, INF, OK = float("nan"), float("inf"), 1.0
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_under_ddp_every_rank_raises_the_same_error_naming_the_bad_rank(defer):
+    """Rank 1's loss is inf at step 12: every rank stops with the same line (per step: before that
+    step's backward; deferred: at the next check point), none is left waiting in a collective."""
+    group = ThreadGroup(2)
+    errors = group.run([[OK, OK, OK, OK], [OK, OK, INF, OK]], check_every_n_steps=100, defer=defer)
+    assert errors[0] == errors[1], errors
+    assert errors[0].startswith("NonFiniteLossError: non-finite training loss (inf) at step 12 on rank 1 (epoch 1, "
+                                "batch 2, learning rate 0.5)"), errors[0]
+    assert group.gathers[0] == group.gathers[1] == (3 if not defer else 1)  # per step: stopped before step 13
+
+
+def test_deferred_under_ddp_names_the_earliest_bad_step_of_any_rank():
+    """Rank 1's nan at step 11 reaches rank 0's weights through the gradient all-reduce, so rank 0's
+    loss is nan from step 12: the error names step 11 and rank 1. On a tie the lower rank is named."""
+    errors = ThreadGroup(2).run([[OK, OK, NAN, NAN], [OK, NAN, NAN, NAN]], check_every_n_steps=100, defer=True)
+    assert errors[0] == errors[1] and "(nan) at step 11 on rank 1 (epoch 1, batch 1," in errors[0], errors
+    errors = ThreadGroup(3).run([[OK, OK], [OK, NAN], [OK, INF]], check_every_n_steps=2, defer=True)
+    assert len(set(errors)) == 1 and "(nan) at step 11 on rank 1 " in errors[0], errors
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_under_ddp_finite_losses_pass_on_every_rank_with_the_same_collectives(defer):
+    group = ThreadGroup(2)
+    assert group.run([[OK] * 7, [2.0] * 7], check_every_n_steps=3, defer=defer) == [None, None]
+    assert group.gathers == ([7, 7] if not defer else [3, 3])  # deferred: steps 12 and 15, the epoch's end
 
 
 @pytest.mark.slow  # default tier: under ~5 min on 2 cores (make test-all runs it)

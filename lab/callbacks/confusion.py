@@ -86,12 +86,10 @@ class ConfusionMatrixLogger(L.Callback):
         if not isinstance(outputs, dict) or "preds" not in outputs:
             return
         n = pl_module.num_classes
-        flat = outputs["target"].detach() * n + outputs["preds"].detach()
-        counts = torch.bincount(flat, minlength=n * n)
-        if split in self._counts:
-            self._counts[split] += counts
-        else:
-            self._counts[split] = counts
+        target = outputs["target"].detach()
+        if split not in self._counts:
+            self._counts[split] = torch.zeros(n * n, dtype=torch.long, device=target.device)
+        count_pairs(self._counts[split], target, outputs["preds"].detach(), n)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:
@@ -158,6 +156,15 @@ class ConfusionMatrixLogger(L.Callback):
             self._picture(trainer, split)
         (out / f"confusion_{split}.png").write_bytes(self._png[split])
         write_confusion_csv(out / f"confusion_{split}.csv", matrix, self._names(trainer, len(matrix)))
+
+
+def count_pairs(counts: torch.Tensor, target: torch.Tensor, preds: torch.Tensor, n: int) -> torch.Tensor:
+    """Add each (true, predicted) pair of a batch to `counts` (n*n int64, row-major), in place.
+
+    A fixed-size index_add_ on the tensors' device: nothing is read back to the host. bincount
+    would size its output from the largest value, a device-to-host sync on every batch."""
+    flat = target.reshape(-1).long() * n + preds.reshape(-1).long()
+    return counts.index_add_(0, flat, torch.ones_like(flat))
 
 
 def write_confusion_csv(path: Path, matrix: np.ndarray, names: Sequence[str]) -> None:
