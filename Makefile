@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
-.PHONY: install lock run test test-all bench studies tensorboard clean
+.PHONY: install lock run test test-all bench gpu-check studies tensorboard clean
 
 # The stamp is remade only when pyproject.toml or requirements.lock changes, so a second
 # install takes seconds. It installs exactly the lock (Python 3.11 on x86_64; torch 2.14.1 and
@@ -37,6 +37,12 @@ test-all: install
 # Run on an idle machine: 8-20 minutes on 2 cores. BENCH_ARGS="--quick" for a rough look.
 bench: install
 	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+# lab's GPU path end to end on one CUDA GPU, offline, under 10 minutes (issue 21): PASS/FAIL per path,
+# figures in outputs/gpu_check/figures.json, exit 1 on a FAIL. Without a GPU it says so in one line.
+# GPU_CHECK_ARGS="--device cpu" runs every path small on the CPU; "--doc" also updates docs/benchmarks.md.
+gpu-check: install
+	$(PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Every study of conf/study/ on the real Fashion-MNIST (apt-get install dataset-fashion-mnist), 3 seeds
 # each, into outputs/studies/; rewrites docs/studies.md. About 2 hours on 2 cores.
