@@ -135,3 +135,19 @@ def test_lab_models_have_deterministic_cuda_backwards(name):
     assert not found, found
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
+
+
+def test_r2_updates_read_nothing_back_from_the_device():
+    """On meta tensors any read of a value fails: the update must use shapes and device-side ops only
+    (the former `.item()` per batch was a host sync on a GPU)."""
+    import torch
+
+    from lab.metrics.r2 import R2Score
+
+    metric = R2Score()
+    preds, target = torch.randn(8, 2, device="meta"), torch.randn(8, 2, device="meta")
+    metric.update(preds, target)
+    metric.update(preds, target)
+    assert len(metric.rows) == 2
+    with pytest.raises(ValueError, match="3 outputs after 2"):
+        metric.update(torch.randn(8, 3, device="meta"), torch.randn(8, 3, device="meta"))

@@ -39,9 +39,11 @@ class R2Score(Metric):
             raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have one shape")
         y = target.detach().reshape(len(target), -1).double()
         residual = preds.detach().reshape(len(preds), -1).double() - y
-        if self.rows and self.rows[0][0].item() != y.shape[1]:
-            raise ValueError(f"R^2 got {y.shape[1]} outputs after {int(self.rows[0][0])} in earlier batches")
-        head = torch.tensor([y.shape[1], len(y)], dtype=torch.float64, device=y.device)
+        # Shapes only (metadata) and device-side fills: an update reads nothing back from the GPU.
+        k = y.shape[1]
+        if self.rows and self.rows[0].numel() != 2 + 3 * k:
+            raise ValueError(f"R^2 got {k} outputs after {(self.rows[0].numel() - 2) // 3} in earlier batches")
+        head = torch.cat([y.new_full((1,), k), y.new_full((1,), len(y))])
         self.rows.append(torch.cat([head, y.sum(dim=0), y.pow(2).sum(dim=0), residual.pow(2).sum(dim=0)]))
 
     def compute(self) -> torch.Tensor:
