@@ -143,6 +143,7 @@ def own_clock_elapsed(record: dict, saved: list[int]) -> list[float]:
     return elapsed
 
 
+@pytest.mark.slow  # 14 s: Lightning's own broadcast; the default tier is at its 5-minute budget
 def test_a_time_based_last_ckpt_is_saved_at_the_same_steps_on_both_ranks(tmp_path):
     """The documented override (conf/callbacks/default.yaml) with a 0.25 s interval, rank 1 sleeping
     0.4 s after every other batch: the ranks' own clocks disagree at some steps, yet both save at
