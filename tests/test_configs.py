@@ -60,7 +60,7 @@ SWEEP_TARGETS = {
     "dropout": ["experiment=cnn_fashionmnist"], "epochs": ["experiment=mlp_function"], "lr": [],
     "momentum": ["experiment=basecnn_imagefolder"], "noise_ratio": [], "normalization": [],
     "residual": ["experiment=resnet_tinyimagenet"], "seeds": [], "metric_loss": ["experiment=triplet_fashionmnist"],
-    "loss": ["experiment=basecnn_imagefolder"],
+    "loss": ["experiment=basecnn_imagefolder"], "folds": [],
 }
 
 

@@ -76,6 +76,8 @@ def check_sweep(argv: list[str], conf_dir: str, build: bool = True) -> None:
         _check_family_values(name, choices, conf_dir)
     found = cfg.hydra.sweeper.get("params")
     params = OmegaConf.to_container(found, resolve=True) if found else {}
+    if name == "folds":
+        _check_every_fold(fixed, swept, params)
     for key in params if name is not None else ():  # a search's keys: lab.results.sweep_status checks them
         group_dir = Path(conf_dir) / key.lstrip("+")
         if group_dir.is_dir():  # a swept config group: every key its options set must exist
@@ -103,6 +105,22 @@ def _check_family_values(name: str, choices, conf_dir: str) -> None:
             have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
             raise ConfigError(f"sweep={name} has no values for {group}={choices.get(group)} (no {folder}/"
                               f"{choices.get(group)}.yaml); it sweeps {group}={have}")
+
+
+def _check_every_fold(fixed: list[str], swept: list[str], params: dict) -> None:
+    """sweep=folds must run every fold of data.folds: `data.folds=10` alone would still run folds 0..4."""
+    from lab.config.preflight import sweep_jobs
+
+    runs: dict[str, set[str]] = {}
+    for job in sweep_jobs(fixed, swept, params):
+        values = dict(item.split("=", 1) for item in job)
+        runs.setdefault(values.get("data.folds", ""), set()).add(values.get("data.fold", ""))
+    for folds, ran in runs.items():
+        every = {str(i) for i in range(int(folds))} if folds.isdigit() else set()
+        if every and ran != every:
+            listed = ",".join(sorted(ran, key=lambda v: int(v) if v.isdigit() else -1))
+            raise ConfigError(f"sweep=folds runs data.fold={listed} of data.folds={folds}, not every fold: "
+                              f"add data.fold=range(0,{folds})")
 
 
 def _require(cfg: DictConfig, key: str, sweep: str, what: str) -> None:

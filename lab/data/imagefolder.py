@@ -26,7 +26,9 @@ class ImageFolderDataModule(InMemoryClassificationData):
     or names or indices into the sorted class list); images are resized to `image_size`
     when decoded and cached in `<root>/.lab_cache/`. A root without a `val_split` folder
     (only train/ and test/) gets val as a stratified hold-out of train (`val_size`: a
-    fraction or a count, by `split_seed`), with a note.
+    fraction or a count, by `split_seed`), with a note. With `folds=K` (k-fold, lab.data.memory)
+    the folds are drawn from train ∪ val: the train (and extra) splits plus the val folder when
+    there is one (val_size is then not used); the test folder is never folded.
     """
 
     def __init__(self, name: str = "imagefolder", root: str = "data/images", image_size: int | list[int] | None = 112,
@@ -100,6 +102,8 @@ class ImageFolderDataModule(InMemoryClassificationData):
         """(train, val): val a stratified `val_size` of the training images, when root has no val folder."""
         from lab.train.distributed import is_rank_zero
 
+        if self.folds:  # k-fold draws val from all of train (lab.data.memory): val_size is not used
+            return (images, labels), (images[:0], labels[:0])
         count = holdout_count("data.val_size", self.val_size, labels.numpy(), "training images")
         keep, held = (torch.from_numpy(i) for i in stratified_split(labels.numpy(), count, self.split_seed))
         if is_rank_zero():

@@ -24,6 +24,7 @@ from lab.data.imagenet_stats import IMAGENET_MEAN, IMAGENET_STD
 from lab.data.load_cache import cached_load
 from lab.data.loader import PerImageDataset, ShardSampler, TensorBatchLoader
 from lab.data.noise import apply_noise
+from lab.data.splits import check_folds, pooled_fold
 from lab.errors import ConfigError
 from lab.utils.seeds import generator
 
@@ -39,6 +40,16 @@ class InMemoryClassificationData(L.LightningDataModule):
     Label noise, when asked for, is applied to the training split only, after val
     has been carved out. `train_on=[train, val]` trains on both (fine-tuning on all
     labelled data); val is still evaluated, but is then no longer held out.
+
+    K-fold cross-validation (`folds=K`, `fold=i`): whatever load() returned as train and val
+    is pooled (train ∪ val: every labelled sample but test) and partitioned into K stratified
+    folds drawn from the split seed (`split_seed`; lab.data.splits.pooled_fold); fold i
+    becomes val and the other K-1 folds train. test is never folded. The split is made here,
+    after load(), so every dataset gets it, whichever way its load() chose val; the pool is
+    put in a canonical order first (by a hash of each image), so the folds, and the order of
+    the samples in them, depend on the pool's contents and the split seed only: not on
+    val_size, nor on file order.
+    folds=0/null keeps load()'s own val split, unchanged.
     """
 
     name: str = "data"
@@ -63,6 +74,8 @@ class InMemoryClassificationData(L.LightningDataModule):
         noise_mapping: Mapping | None = None,
         samples_per_class: int = 0,
         train_on: Sequence[str] = ("train",),
+        folds: int | None = None,
+        fold: int | None = 0,
     ) -> None:
         super().__init__()
         if int(batch_size) <= 0:
@@ -94,6 +107,10 @@ class InMemoryClassificationData(L.LightningDataModule):
         self.noise_seed = self.seed if noise_seed is None else int(noise_seed)
         self.noise_mapping = noise_mapping
         self.train_on = _check_train_on(train_on)
+        self.folds, self.fold = check_folds(folds, fold)
+        if self.folds and "val" in self.train_on:
+            raise ConfigError(f"data.folds={self.folds} with data.train_on=[train, val] would train every fold on "
+                              "all of train+val; use one or the other")
         self.predict_split = "test"  # the split predict_dataloader serves (lab.predict split=...)
         self.epoch = 0  # the train epoch the next train batches belong to (set_epoch)
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -146,6 +163,8 @@ class InMemoryClassificationData(L.LightningDataModule):
         for key in ("train", "val", "test"):
             if key not in splits:
                 raise KeyError(f"{type(self).__name__}.load() returned no '{key}' split")
+        if self.folds:  # before train_on, the statistics and the label noise: all are of the fold's train
+            splits = {**splits, **self._fold_splits(splits["train"], splits["val"])}
         if "val" in self.train_on:  # before the statistics and the label noise: both are of what is trained on
             (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
             splits = {**splits, "train": (torch.cat([train_x, val_x]), torch.cat([train_y, val_y]))}
@@ -166,6 +185,21 @@ class InMemoryClassificationData(L.LightningDataModule):
             self.clean_train_labels = clean
             splits = {**splits, "train": (images, noisy)}
         self.splits = splits
+
+    def _fold_splits(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]):
+        """{"train", "val"}: fold `fold` of `folds` of train ∪ val as val, the other folds as train."""
+        from lab.train.distributed import is_rank_zero
+
+        images, labels = torch.cat([train[0], val[0]]), torch.cat([train[1], val[1]])
+        split_seed = int(getattr(self, "split_seed", 0))
+        rows = images.reshape(len(images), -1).numpy()  # the pool's images, flattened: what the order hashes
+        keep, held = (torch.from_numpy(i) for i in pooled_fold(rows, labels.numpy(), self.folds, self.fold, split_seed,
+                                                                self.class_names))
+        if is_rank_zero():
+            print(f"note: data.folds={self.folds}: val is fold {self.fold} ({len(held)} of the {len(labels)} "
+                  f"train+val samples, stratified, split_seed={split_seed}), train the other {self.folds - 1} folds; "
+                  "the dataset's own val split (data.val_size or val_fraction) is not used")
+        return {"train": (images[keep], labels[keep]), "val": (images[held], labels[held])}
 
     def setup(self, stage: str | None = None) -> None:
         self._ensure_loaded()

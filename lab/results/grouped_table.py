@@ -1,14 +1,15 @@
-"""The results table of a sweep that ran some configuration more than once (a seed sweep):
+"""The results table of a sweep that ran some configuration more than once (a seed or k-fold sweep):
 one row per configuration, each metric as `mean ± std` over its finished runs, `n`, and a status.
 
-A configuration is a value of every varying parameter but the seed (lab.results.groups); the
+A configuration is a value of every varying parameter but the seed and data.fold
+(lab.results.groups.REPLICATE_KEYS): a 5-fold sweep is one row, mean ± std over the folds, n=5. The
 std is the sample standard deviation (ddof=1), left out when n = 1. A metric averaged over fewer
 runs than n (a run without a finite value of it) says so in its cell: `0.8512 (n=1)`. table.md is
 this table; table.csv has one row per configuration with `<metric>` (the mean), `<metric>_std` and
-`n` at full precision; the per-job table (lab.results.table) goes to jobs.md and jobs.csv. The
-best configuration is the one with the best mean of the objective (task.objective). Without
-replicates, or for an Optuna study (whose best trial is one trial), lab.report shows the per-job
-table only. Cheap to import: rich loads when a table is printed.
+`n` at full precision, and the jobs' `seeds` or `folds`; the per-job table (lab.results.table)
+goes to jobs.md and jobs.csv. The best configuration is the one with the best mean of the
+objective (task.objective). Without replicates, or for an Optuna study (whose best trial is one
+trial), lab.report shows the per-job table only. Cheap to import: rich loads when a table is printed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.results.groups import REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std
+from lab.results.groups import REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std, replicate_column
 from lab.results.sweep import ReportError
 from lab.results.table import (
     DETAIL_WIDTH,
@@ -53,7 +54,7 @@ class GroupedTable(Rendered):
     key_column = "n"  # right-aligned like the metrics
 
     table: Table  # the per-job table (jobs.md, jobs.csv), sorted as asked
-    params: list[str]  # the varying parameters but the replicate keys (seed)
+    params: list[str]  # the varying parameters but the replicate keys (seed, data.fold)
     groups: list[Group]
     sort: tuple[str, bool] | None = None  # (key, ascending) when rows are sorted
 
@@ -88,7 +89,7 @@ class GroupedTable(Rendered):
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per configuration: parameters, `<metric>` (mean), `<metric>_std`, n, status, error,
-        the job numbers and seeds; floats at full precision, None where a value is undefined."""
+        the job numbers and seeds (folds); floats at full precision, None where a value is undefined."""
         replicates = [k for k in REPLICATE_KEYS if k in self.sweep.keys]
         keys = self.params + [k for k in self.sweep.keys if k not in self.params and k not in replicates]
         rows = []
@@ -102,7 +103,8 @@ class GroupedTable(Rendered):
             row["status"] = group_status(group, errors=False)
             row["error"] = first_error(group)
             row["jobs"] = " ".join("" if job.num is None else str(job.num) for job in group.jobs)
-            row.update({f"{k}s": " ".join(job.params.get(k, "") for job in group.jobs) for k in replicates})
+            row.update({replicate_column(k): " ".join(job.params.get(k, "") for job in group.jobs)
+                        for k in replicates})
             rows.append(row)
         return rows
 

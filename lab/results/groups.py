@@ -1,8 +1,12 @@
-"""Jobs grouped by configuration: the same overrides but the seed, summarised as mean, std and n.
+"""Jobs grouped by configuration: the same overrides but the seed and the fold, summarised as mean,
+std and n.
 
 A `seed=0,1,2` sweep (or a study) runs each configuration several times; a table of one row
-per job hides the spread, and one run per cell is not a result. Each group keeps its jobs,
-so every run still has its own folder and its own row in the HParams dashboard.
+per job hides the spread, and one run per cell is not a result. A k-fold sweep (`sweep=folds`:
+`data.fold=0..K-1`) repeats a configuration on K train/val splits: its folds are replicates as
+seeds are, so it is one row with mean ± std over the folds and n=K (seeds x folds: n = both).
+Each group keeps its jobs, so every run still has its own folder and its own row in the HParams
+dashboard.
 The std is the sample standard deviation (ddof=1), NaN for n < 2: one run has no spread.
 """
 
@@ -15,12 +19,18 @@ from typing import Any
 
 from lab.results.sweep import Job
 
-REPLICATE_KEYS = ("seed",)  # keys that repeat a configuration rather than change it
+REPLICATE_KEYS = ("seed", "data.fold")  # keys that repeat a configuration rather than change it
+REPLICATE_COLUMNS = {"seed": "seeds", "data.fold": "folds"}  # table.csv's column listing each group's values
+
+
+def replicate_column(key: str) -> str:
+    """The table.csv column that lists a group's values of replicate key `key` (`seeds`, `folds`)."""
+    return REPLICATE_COLUMNS.get(key, f"{key}s")
 
 
 @dataclass
 class Group:
-    """One configuration: its parameters (seed aside) and its jobs (all statuses)."""
+    """One configuration: its parameters (seed and fold aside) and its jobs (all statuses)."""
 
     params: dict[str, str]
     jobs: list[Job] = field(default_factory=list)
@@ -46,6 +56,11 @@ class Group:
     def seeds(self) -> list[str]:
         return [job.params.get("seed", "") for job in self.jobs]
 
+    @property
+    def folds(self) -> list[str]:
+        """Each job's data.fold ('' where the sweep does not set it)."""
+        return [job.params.get("data.fold", "") for job in self.jobs]
+
 
 def group_jobs(jobs: list[Job], keys: list[str], replicate: tuple[str, ...] = REPLICATE_KEYS) -> list[Group]:
     """Groups `jobs` by their values of `keys` (the varying parameters) minus `replicate`, in the
@@ -61,7 +76,7 @@ def group_jobs(jobs: list[Job], keys: list[str], replicate: tuple[str, ...] = RE
 
 
 def has_replicates(jobs: list[Job], keys: list[str]) -> bool:
-    """Whether some configuration ran more than once (a seed sweep)."""
+    """Whether some configuration ran more than once (a seed or fold sweep)."""
     return any(len(g.jobs) > 1 for g in group_jobs(jobs, keys))
 
 
