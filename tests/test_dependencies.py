@@ -318,14 +318,14 @@ def test_import_check_finds_undeclared_modules(pyproject_text, tmp_path):
     (tmp_path / "lab" / "sub" / "x.py").write_text("def f():\n    from PIL import Image\n    import pytest\n")
     (tmp_path / "lab" / "plug.py").write_text(
         "from hydra_plugins.hydra_nobody import q\nimport yaml\n"
-        "from hydra_plugins.hydra_optuna_sweeper import optuna_sweeper\n")
+        "from hydra_plugins.hydra_joblib_launcher import joblib_launcher\n")
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "common.py").write_text("")
     (tmp_path / "bench" / "b.py").write_text("import common\nimport pytest\nimport nbformat\nimport somethingelse\n")
     without_pillow = re.sub(r'(?m)^\s*"pillow[^"]*",\n', "", pyproject_text)
     owners = {"numpy": ["numpy"], "PIL": ["Pillow"], "pytest": ["pytest"], "yaml": ["PyYAML"],
-              "nbformat": ["nbformat"], "hydra_plugins": ["hydra-optuna-sweeper", "lab"],
-              "hydra_plugins.hydra_optuna_sweeper": ["hydra-optuna-sweeper"]}
+              "nbformat": ["nbformat"], "hydra_plugins": ["hydra-joblib-launcher", "lab"],
+              "hydra_plugins.hydra_joblib_launcher": ["hydra-joblib-launcher"]}
     assert undeclared_imports(without_pillow, tmp_path, owners) == [
         "bench/b.py imports somethingelse (no installed distribution), not in [project] dependencies or dev",
         "lab/plug.py imports hydra_plugins.hydra_nobody (no installed distribution), not in [project] dependencies",
