@@ -208,6 +208,7 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, c
 
     from hydra.utils import instantiate
 
+    from lab.runs.loggers import build_loggers
     from lab.train import ddp_launch
     from lab.train.distributed import reset_after_previous_job
 
@@ -226,7 +227,7 @@ def build_trainer(cfg: DictConfig, fitting: bool = True, loggers: bool = True, c
 
         callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, EarlyStopping))]
     callbacks += extra
-    found = [instantiate(c, _convert_="all") for c in (cfg.get("logger") or {}).values() if c] if loggers else []
+    found = build_loggers(cfg) if loggers else []  # a tracker not installed: one line (lab.runs.loggers)
     # Resolved in the whole config (interpolations), minus lab's own keys.
     node = {k: v for k, v in speed_settings(cfg).items() if k not in SPEED_KEYS}
     if not fitting:  # evaluation repeats the run's numbers: the same kernels every time, no autotuner

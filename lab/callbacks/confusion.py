@@ -1,4 +1,4 @@
-"""Confusion matrices for val (each validation epoch) and test, in TensorBoard and as PNGs."""
+"""Confusion matrices for val (each validation epoch) and test, in the experiment loggers and as PNGs."""
 
 from __future__ import annotations
 
@@ -70,8 +70,9 @@ class ConfusionMatrixLogger(L.Callback):
     validation_step/test_step return, then logs the matrix as an image under
     `val/confusion_matrix` and `test/confusion_matrix`, labelled with the
     datamodule's class names. The last val matrix and the test matrix are also
-    saved as PNG and CSV in the run folder: the PNG is the picture logged to
-    TensorBoard, encoded once (lab.utils.png), not drawn and encoded again."""
+    saved as PNG and CSV in the run folder: the PNG is the picture logged to the
+    experiment loggers (TensorBoard, MLflow, W&B; lab.runs.loggers), encoded once
+    (lab.utils.png), not drawn and encoded again."""
 
     def __init__(self, every_n_val_epochs: int = 1, save_png: bool = True) -> None:
         self.every_n_val_epochs = max(int(every_n_val_epochs), 1)
@@ -113,14 +114,11 @@ class ConfusionMatrixLogger(L.Callback):
         self.last[split], self._epoch[split] = matrix, trainer.current_epoch
         self._png.pop(split, None)  # of an older matrix
         if log and trainer.is_global_zero:
-            from lightning.pytorch.loggers import TensorBoardLogger
+            from lab.runs.loggers import image_loggers, log_image
 
-            loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+            loggers = image_loggers(trainer.loggers)
             if loggers:
-                image = self._picture(trainer, split)
-                for logger in loggers:
-                    logger.experiment.add_image(f"{split}/confusion_matrix", image, trainer.global_step,
-                                                dataformats="HWC")
+                log_image(loggers, f"{split}/confusion_matrix", self._picture(trainer, split), trainer.global_step)
 
     def _picture(self, trainer: L.Trainer, split: str):
         """The picture (H, W, 3 uint8) of the split's last matrix, drawn once; its PNG is kept for the run folder."""

@@ -4,7 +4,8 @@ confusion matrix of the training set.
 
 Runs once, after the test of the best checkpoint (`viz.*` in conf/config.yaml),
 on the in-memory image datamodules. Files go to <run>/features/; the same pictures
-are logged to TensorBoard under features/.
+are logged under features/ to every experiment logger that holds pictures (TensorBoard,
+MLflow, W&B); the projector embeddings are TensorBoard's own.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class FeaturePictures(L.Callback):
     train/val/test to picture; `methods`: pca and/or tsne; `max_per_class`: images per
     class drawn (a fixed random subset); `projector`: write TensorBoard projector
     embeddings (with image thumbnails if `thumbnails`); `confusion_train`: also the
-    confusion matrix of the whole training split (PNG + CSV + TensorBoard)."""
+    confusion matrix of the whole training split (PNG + CSV + the experiment loggers)."""
 
     def __init__(
         self,
@@ -82,19 +83,22 @@ class FeaturePictures(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active or trainer.fast_dev_run or not trainer.is_global_zero:
             return
+        from lab.runs.loggers import image_loggers
+
         out = Path(trainer.default_root_dir) / "features"
         out.mkdir(parents=True, exist_ok=True)
         dm = trainer.datamodule
         names = list(dm.class_names)
+        loggers = image_loggers(trainer.loggers)
         writer = _tensorboard(trainer)
         was_training = pl_module.training
         pl_module.eval()
         try:
             if self.confusion_train:
-                self._train_confusion(trainer, pl_module, names, writer)
+                self._train_confusion(trainer, pl_module, names, loggers)
             if self.classes is not None:
                 for split in self.splits:
-                    self._pictures(split, trainer, pl_module, names, out, writer)
+                    self._pictures(split, trainer, pl_module, names, out, loggers, writer)
         finally:
             pl_module.train(was_training)
 
@@ -106,7 +110,10 @@ class FeaturePictures(L.Callback):
             picks.append(members[torch.randperm(len(members), generator=gen)[: self.max_per_class]].sort().values)
         return torch.cat(picks)
 
-    def _pictures(self, split: str, trainer, pl_module, names: list[str], out: Path, writer) -> None:
+    def _pictures(self, split: str, trainer, pl_module, names: list[str], out: Path, loggers, writer) -> None:
+        """PCA/t-SNE pictures of a split (PNG + CSV, and every picture logger); the projector in `writer`."""
+        from lab.runs.loggers import log_image
+
         dm = trainer.datamodule
         images, labels = dm.splits[split]
         index = self._select(labels)
@@ -128,9 +135,7 @@ class FeaturePictures(L.Callback):
                 for i, lab, (a, b) in zip(index.tolist(), y.tolist(), coords.tolist()):
                     f.write(f"{i},{lab},{names[lab].replace(',', ' ')},{a:.6g},{b:.6g}\n")
             self.written.append(path)
-            if writer is not None:
-                writer.add_image(f"features/{method}_{split}", image, global_step=trainer.global_step,
-                                 dataformats="HWC")
+            log_image(loggers, f"features/{method}_{split}", image, trainer.global_step)
         if self.projector and writer is not None:
             thumbs = None
             if self.thumbnails:
@@ -143,10 +148,11 @@ class FeaturePictures(L.Callback):
             writer.add_embedding(torch.from_numpy(feats), metadata=label_names, label_img=thumbs,
                                  global_step=trainer.global_step, tag=f"features_{split}")
 
-    def _train_confusion(self, trainer, pl_module, names: list[str], writer) -> None:
+    def _train_confusion(self, trainer, pl_module, names: list[str], loggers) -> None:
         from PIL import Image
 
         from lab.callbacks.confusion import render_confusion, write_confusion_csv
+        from lab.runs.loggers import log_image
 
         dm = trainer.datamodule
         images, labels = dm.splits["train"]
@@ -159,8 +165,7 @@ class FeaturePictures(L.Callback):
         Image.fromarray(image).save(run_dir / "confusion_train.png")
         write_confusion_csv(run_dir / "confusion_train.csv", matrix, names)
         self.written.append(run_dir / "confusion_train.png")
-        if writer is not None:
-            writer.add_image("train/confusion_matrix", image, global_step=trainer.global_step, dataformats="HWC")
+        log_image(loggers, "train/confusion_matrix", image, trainer.global_step)
 
 
 def resolve_classes(classes: Any, names: list[str]) -> list[int]:
@@ -248,6 +253,7 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, names: list[str], class_
 
 
 def _tensorboard(trainer: L.Trainer):
+    """The first TensorBoard writer, for the projector (which only TensorBoard has)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     for logger in trainer.loggers:

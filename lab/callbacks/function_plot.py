@@ -1,4 +1,4 @@
-"""The fitted curve against the true function and the training points, in TensorBoard and as a PNG.
+"""The fitted curve against the true function and the training points, in the experiment loggers and as a PNG.
 
 Drawn with Pillow, not matplotlib: a plot costs a few milliseconds instead of ~50 ms
 plus a ~0.5 s import, which matters because the plots are logged while training and
@@ -120,9 +120,9 @@ class FunctionPlotLogger(L.Callback):
     training points (needs a datamodule with `curve()` and a train split, such as
     `data=function`).
 
-    Logged to TensorBoard as the image `function_fit` at the first validation at or
-    after every `every_n_epochs` study epochs, and at the last one (validation runs
-    every `task.chunk` epochs, so that is the finest spacing). At the end of fitting the
+    Logged to the experiment loggers (TensorBoard, MLflow, W&B) as the image `function_fit` at
+    the first validation at or after every `every_n_epochs` study epochs, and at the last one
+    (validation runs every `task.chunk` epochs, so that is the finest spacing). At the end of fitting the
     last picture is saved in the run folder as function_fit.png, and its numbers as
     function_fit.csv (x, true, net), which sweep reports and notebooks lay side by side.
     """
@@ -179,13 +179,12 @@ class FunctionPlotLogger(L.Callback):
         if epoch < self._next_epoch and not last:
             return
         self._next_epoch = (epoch // self.every_n_epochs + 1) * self.every_n_epochs
-        from lightning.pytorch.loggers import TensorBoardLogger
+        from lab.runs.loggers import image_loggers, log_image
 
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = image_loggers(trainer.loggers)
         if loggers or (last and self.save_png):
             image = self._snapshot(trainer, pl_module)
-            for logger in loggers:
-                logger.experiment.add_image("function_fit", image, epoch, dataformats="HWC")
+            log_image(loggers, "function_fit", image, epoch)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.save_png or not trainer.is_global_zero or trainer.fast_dev_run:

@@ -3,7 +3,8 @@
 Written once, at the end, with real values (never Lightning's placeholder
 hp_metric=-1). Only the session summaries are written, not an experiment summary,
 so TensorBoard builds the table from the union of all runs under its logdir: every
-job of a multirun appears as a row with its overridden parameters.
+job of a multirun appears as a row with its overridden parameters. The same parameters
+reach MLflow as params and W&B as config (lab.runs.loggers writes them all).
 """
 
 from __future__ import annotations
@@ -35,31 +36,26 @@ def collect_hparams(cfg: DictConfig, overrides: list[str], choices: Mapping[str,
         if group in choices:
             params[group] = _scalar(choices[group])
     keys = list(CORE_KEYS)
+    typed: dict[str, str] = {}
     for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
+        key, _, text = item.partition("=")
+        key = key.lstrip("+~")
         if key.startswith("hydra.") or key in GROUPS or key in keys:
             continue
         keys.append(key)
+        typed[key] = text
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig):  # a group chosen by override, e.g. trainer=cpu
-            value = choices.get(key, value)
+            # Hydra records no choice for a list of options (logger=[tensorboard,mlflow]): as typed
+            value = choices.get(key) or typed.get(key) or value
         params[key] = _scalar(value)
     return params
 
 
 def write_hparams(loggers: list, params: dict[str, Any], metric_keys: list[str]) -> None:
-    """Write the session start/end summaries into each TensorBoard logger's run."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from torch.utils.tensorboard.summary import hparams
-    from torch.utils.tensorboard.writer import FileWriter
+    """The run's parameters and final metrics in each chosen logger: TensorBoard's HParams entry,
+    MLflow's params, W&B's config (lab.runs.loggers.log_run_summary)."""
+    from lab.runs.loggers import log_run_summary
 
-    _, start, end = hparams(params, {key: 0.0 for key in metric_keys})
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            # An event file of its own in the run's log folder: TensorBoard reads a folder's files as
-            # one run, and the metric values come from the scalars already logged there.
-            writer = FileWriter(logger.log_dir)
-            writer.add_summary(start)
-            writer.add_summary(end)
-            writer.close()
+    log_run_summary(loggers, params, metric_keys)
