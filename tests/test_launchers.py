@@ -1,5 +1,6 @@
 """Sweeps through Hydra's launcher and sweeper plugins, as a user types them: submitit_local,
-joblib, an Optuna study with a failing trial, SLURM up to sbatch; lab.results.sweep_status's checks.
+joblib, an Optuna study with a failing and a pruned trial, SLURM up to sbatch; lab.results.sweep_status's
+checks. tests/test_optuna.py has the Optuna study killed and resumed.
 
 Each job of a subprocess launcher imports torch afresh (5-10 s on 2 cores), so the sweeps are
 short: 1 epoch of 2 batches on digits.
@@ -73,14 +74,19 @@ def test_joblib_a_failed_job_does_not_stop_the_other_and_the_sweep_exits_1(tmp_p
     assert report.returncode == 0 and f"failed: {DROPOUT_ERROR}" in report.stdout, _out(report)
 
 
-def test_optuna_three_trials_one_fails_the_study_goes_on(tmp_path):
-    """hparams_search=optuna with a test-only dropout choice: with sampler seed 1 the three trials
-    draw 0.1, 1.5, 0.1, so trial 1 fails in the middle. Trials 0 and 2 still run, Optuna is told
-    FAIL, optimization_results.yaml names the best trial, the sweep exits 1 with one summary line,
-    and lab.report reads the study (no basic sweeper's job list) and marks trial 1 failed."""
+def test_optuna_three_trials_one_fails_one_is_pruned_the_study_goes_on(tmp_path):
+    """hparams_search=optuna (lab's sweeper, Optuna 4+) with a test-only dropout choice and a median pruner
+    that judges from the first COMPLETE trial on: with sampler seed 1 the three trials draw dropout 0.1, 1.5,
+    0.1. Trial 1 fails in the middle (FAIL, error.json); trial 2 is below trial 0 after its first of two
+    epochs and stops there (PRUNED, the pruning callback); the study is in <sweep>/optuna.db,
+    optimization_results.yaml names the best trial, the sweep exits 1 with one summary line, and lab.report
+    lists every trial with its state, read from the database."""
+    import optuna
+
     sweep = tmp_path / "study"
     result = run_cli(["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1",
-                      "model.dropout=choice(0.1,1.5)", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                      "hydra.sweeper.pruner.n_startup_trials=1", "model.dropout=choice(0.1,1.5)",
+                      "trainer.max_epochs=2", *TINY[1:], f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     out = _out(result)
     assert result.returncode == 1, out
     assert _jobs(sweep) == ["0", "1", "2"], out
@@ -89,25 +95,35 @@ def test_optuna_three_trials_one_fails_the_study_goes_on(tmp_path):
         overrides = yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
         assert {o.split("=")[0] for o in overrides} >= {"optimizer.lr", "model.dropout", "optimizer.weight_decay"}
         dropouts[job] = next(o.split("=")[1] for o in overrides if o.startswith("model.dropout="))
-    failed = [job for job in _jobs(sweep) if (sweep / job / "error.json").exists()]
-    assert failed == [job for job, d in dropouts.items() if d == "1.5"] and 0 < len(failed) < 3, dropouts
-    assert "Failed experiment" in result.stdout  # the sweeper's log line as it tells Optuna FAIL
-    assert f"error: {len(failed)} of 3 trials failed (Optuna: FAIL, the study finished): job {failed[0]}: " \
-           f"{DROPOUT_ERROR}" in result.stdout
+    assert dropouts == {"0": "0.1", "1": "1.5", "2": "0.1"}
+    assert [job for job in _jobs(sweep) if (sweep / job / "error.json").exists()] == ["1"]
+    assert f"optuna: trial 1 FAIL: {DROPOUT_ERROR}" in result.stdout
+    assert "optuna: trial 2 PRUNED at epoch 0" in result.stdout
+    assert f"error: 1 of 3 trials failed (Optuna: FAIL, the study finished): job 1: {DROPOUT_ERROR}" in result.stdout
 
+    study = optuna.load_study(study_name="digits_small_cnn", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "PRUNED"]
+    assert trials[2].intermediate_values[0] < trials[0].intermediate_values[0]  # the median of one trial
+    assert trials[2].user_attrs["pruned_at_epoch"] == 0 and trials[1].user_attrs["error"] == DROPOUT_ERROR
+    assert json.loads((sweep / "2" / "metrics.json").read_text())["epochs"] == 1  # stopped after its 1st epoch
+    best = json.loads((sweep / "0" / "metrics.json").read_text())["val/top1_best"]
+    assert trials[0].value == pytest.approx(best)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    scores = {job: json.loads((sweep / job / "metrics.json").read_text())["val/top1_best"]
-              for job in _jobs(sweep) if job not in failed}
-    assert results["best_value"] == pytest.approx(max(scores.values()))
+    assert results["best_value"] == pytest.approx(best) and results["best_trial"] == 0
     assert set(results["best_params"]) == {"optimizer.lr", "model.dropout", "optimizer.weight_decay"}
 
     report = _report(sweep)
     assert report.returncode == 0, _out(report)
-    assert "Optuna study (maximize, 3 trials): best job" in report.stdout
-    assert f"failed: {DROPOUT_ERROR}" in report.stdout
+    assert "Optuna study (maximize, 3 trials): best job 0" in report.stdout
+    assert f"failed: {DROPOUT_ERROR}" in report.stdout and "ok, pruned at epoch 0" in report.stdout
+    assert "Optuna study `digits_small_cnn` (maximize val/top1_best) in optuna.db: 3 trials: 1 COMPLETE, " \
+           "1 FAIL, 1 PRUNED" in report.stdout
     rows = list(csv.DictReader((sweep / "table.csv").open()))
-    assert [r["status"] for r in rows] == ["failed" if r["job"] in failed else "ok" for r in rows]
-    assert rows[0]["val/top1_best"] != "" or rows[0]["job"] in failed
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    rows = list(csv.DictReader((sweep / "trials.csv").open()))
+    assert [(r["trial"], r["state"], r["error"]) for r in rows] == [
+        ("0", "COMPLETE", ""), ("1", "FAIL", DROPOUT_ERROR), ("2", "PRUNED", "")]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -127,6 +143,7 @@ def test_optuna_search_that_cannot_work_stops_before_the_first_trial(tmp_path, a
     assert time.perf_counter() - start < 60  # no job started, no torch imported
 
 
+@pytest.mark.slow  # the default tier is at its 5-minute budget (make test-all runs it)
 def test_slurm_config_reaches_sbatch_with_lab_defaults(tmp_path):
     """hydra/launcher=slurm on a machine without SLURM: fake srun/sbatch on PATH; sbatch keeps the
     script submitit wrote and refuses it, so the sweep stops with sbatch's message (status 1)."""
@@ -158,9 +175,15 @@ def test_launcher_configs_keep_lab_job_folders(tmp_path):
         assert cfg.hydra.callbacks.sweep_status._target_ == "lab.results.sweep_status.SweepStatus"
     cfg = compose(["hparams_search=optuna"])
     sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.lab_optuna_sweeper.sweeper.LabOptunaSweeper"
     assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0 and sweeper.n_jobs == 1
+    assert sweeper.storage is None and sweeper.study_name == cfg.name  # sqlite:///<sweep dir>/optuna.db
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 42
+    assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner"
+    assert cfg.callbacks.optuna_pruning._target_ == "lab.callbacks.pruning.OptunaPruning"
     assert set(sweeper.params) == {"optimizer.lr", "model.dropout", "optimizer.weight_decay"}
+    hyperband = compose(["hparams_search=optuna", "hydra/sweeper/pruner=hyperband"]).hydra.sweeper.pruner
+    assert hyperband._target_ == "optuna.pruners.HyperbandPruner" and hyperband.max_resource == "auto"
 
 
 def test_sweep_status_counts_only_this_sweeps_errors(tmp_path):

@@ -1,7 +1,9 @@
 """`python -m lab.report [<sweep>] [--metrics ...] [--sort KEY] [--reverse] [--plot] [--x KEY]`: print a
 sweep's table, write table.md and table.csv (and the plots) into its folder. A sweep that ran a
 configuration more than once (seed=0,1,2) gets one row per configuration, mean ± std and n of each metric
-(lab.results.grouped_table), and its per-job table in jobs.md and jobs.csv. Bad input prints one line
+(lab.results.grouped_table), and its per-job table in jobs.md and jobs.csv. An Optuna study stored in
+the sweep folder (optuna.db) also gets every trial with its state, value and parameters, read from the
+database (lab.results.trials): printed below, and in trials.md and trials.csv. Bad input prints one line
 and exits with status 2. Importing this is cheap: rich, Hydra and matplotlib load inside main().
 """
 
@@ -44,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trials_table(table):
+    """The trials of the sweep's Optuna study (optuna.db), or None when it has none."""
+    from lab.results.trials import TrialsTable
+
+    study = (table.sweep.optuna or {}).get("db")
+    if study is None:
+        return None
+    return TrialsTable(study, table.sweep.path, objective=table.sweep.objective.best_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the table, write table.md/table.csv (and plots); bad input: one line, status 2."""
     args = _parser().parse_args(argv)
@@ -59,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             wide = console.options.update_width(100_000)
             console.width = max(console.width, 160, console.measure(shown.to_rich(), options=wide).maximum)
         console.print(shown.to_rich(console))
+        trials = _trials_table(table)
+        if trials is not None:
+            console.print(trials.to_rich())
         try:
             written = list(write_grouped(grouped) if grouped else write(table))
+            if trials is not None:
+                written += trials.write()
             if args.plot:
                 pngs = plot(table, args.x)
                 written += pngs

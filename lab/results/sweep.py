@@ -4,8 +4,10 @@ The job list comes from multirun.yaml, expanded with Hydra's own override parser
 sweep that is still running or stopped half-way has every job it will have; a job is
 `ok` (metrics.json), `failed` (error.json, or an unreadable metrics.json) or `missing`
 (not started, or started without a result: running or killed). An Optuna study picks its
-trials as it runs, so its jobs are its folders. Rows are never guessed: metrics come only
-from each job's metrics.json. Cheap to import: Hydra's parser and yaml load when needed.
+trials as it runs, so its jobs are its folders; lab's Optuna sweeper also leaves the study in
+optuna.db (lab.results.trials), whose trial states (PRUNED, FAIL, RUNNING) join the jobs.
+Rows are never guessed: metrics come only from each job's metrics.json. Cheap to import:
+Hydra's parser, yaml and optuna load when needed.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from typing import Any
 
 from lab.config.objective import Objective, objective_of
 from lab.errors import ConfigError, LabError
+from lab.results.trials import SWEEPER_TARGET
 from lab.runs import folder as run_folder
 
 SWEEP_EXPECTED = "expected a sweep folder made by `python -m lab.run -m ...` (multirun.yaml and one folder per job)"
 # A sweep folder holds multirun.yaml (Hydra's basic sweeper, or lab.results.sweep_status for any other);
 # an Optuna sweep made without lab's callback holds only optimization_results.yaml, once it ended.
 _SWEEP_MARKERS = (run_folder.MULTIRUN, run_folder.OPTUNA_RESULTS)
-_OPTUNA_TARGET = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+_OPTUNA_TARGET = SWEEPER_TARGET
 
 
 class ReportError(LabError):
@@ -41,6 +44,8 @@ class Job:
     metrics: dict[str, Any] = field(default_factory=dict)
     status: str = "missing"  # ok | failed | missing
     detail: str = "not started"
+    state: str | None = None  # an Optuna trial's state in optuna.db: COMPLETE | PRUNED | FAIL | RUNNING
+    pruned_at: int | None = None  # the epoch a PRUNED trial stopped at
 
     @property
     def params(self) -> dict[str, str]:
@@ -56,7 +61,11 @@ class Job:
 
     @property
     def status_text(self) -> str:
-        return self.status if self.status == "ok" else f"{self.status}: {self.detail}"
+        if self.status != "ok":
+            return f"{self.status}: {self.detail}"
+        if self.state == "PRUNED":  # finished early, with metrics.json: its values are of fewer epochs
+            return "ok, pruned" + (f" at epoch {self.pruned_at}" if self.pruned_at is not None else "")
+        return "ok" if self.state in (None, "COMPLETE") else f"ok, Optuna {self.state}"
 
 
 @dataclass
@@ -122,7 +131,10 @@ def load_sweep(path: str | os.PathLike) -> Sweep:
 
     if expected is None:
         jobs = [_job(_folder_num(folder), overrides, folder) for folder, overrides in found]
-        return Sweep(path, jobs, command, note, _read_optuna(path, hydra_cfg), objective, _study(config))
+        optuna = _read_optuna(path, hydra_cfg)
+        if optuna is not None:
+            note = _join_trials(path, jobs, optuna, note)
+        return Sweep(path, jobs, command, note, optuna, objective, _study(config))
 
     slots: list[Job | None] = [None] * len(expected)
     free: dict[tuple[str, ...], list[int]] = {}
@@ -261,7 +273,8 @@ def _read_optuna(path: Path, hydra_cfg: dict) -> dict[str, Any] | None:
     sweeper = hydra_cfg.get("sweeper") or {}
     if "optuna" not in str(sweeper.get("_target_") or "").lower():
         return None
-    study: dict[str, Any] = {"n_trials": sweeper.get("n_trials"), "direction": sweeper.get("direction")}
+    study: dict[str, Any] = {"n_trials": sweeper.get("n_trials"), "direction": sweeper.get("direction"),
+                             "study_name": sweeper.get("study_name")}
     results = path / run_folder.OPTUNA_RESULTS
     if results.is_file():
         import yaml
@@ -272,6 +285,27 @@ def _read_optuna(path: Path, hydra_cfg: dict) -> dict[str, Any] | None:
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
             study["error"] = f"unreadable {run_folder.OPTUNA_RESULTS} ({one_line(err)})"
     return study
+
+
+def _join_trials(path: Path, jobs: list[Job], optuna: dict[str, Any], note: str) -> str:
+    """The study in optuna.db (lab.results.trials), kept in `optuna["db"]`; each job folder N gets
+    trial N's state. Returns the note, with why the database could not be read if so."""
+    from lab.results.trials import read_study
+
+    name = optuna.get("study_name")
+    try:
+        study = read_study(path, str(name) if name and "${" not in str(name) else None)
+    except ReportError as err:
+        return "; ".join(x for x in (note, str(err)) if x)
+    if study is None:
+        return note
+    optuna["db"] = study
+    trials = {trial.number: trial for trial in study.trials}
+    for job in jobs:
+        trial = trials.get(job.num) if job.num is not None else None
+        if trial is not None:
+            job.state, job.pruned_at = trial.state, trial.pruned_at
+    return note
 
 
 def _config_dir(hydra_cfg: dict) -> str:
