@@ -25,7 +25,26 @@ def _checkpoint_name(metric: str) -> str:
     return "epoch{epoch:03d}-" + str(metric).replace("/", "_") + "={" + str(metric) + ":#.4g}"
 
 
+def _unique_dir(base: str) -> str:
+    """${lab_unique_dir:<path>} (hydra.run.dir, hydra.sweep.dir): a new folder, created here, at `<path>` or
+    `<path>_1`, `<path>_2`, ... (lab.runs.folder.claim), so two runs launched in the same second with the
+    same name never share one. Registered with use_cache: the answer is kept in the config, so every later
+    resolution returns the same folder, also in a sweep's job configs (Hydra copies the cache) and in a
+    launcher's job processes (the cache travels with the pickled config). Once Hydra has fixed the job's
+    folder (hydra.runtime.output_dir is set, as in a config composed for a look, lab.config.compose) the
+    path is returned as given and nothing is created."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lab.runs.folder import claim
+
+    if HydraConfig.initialized() and OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None):
+        return base
+    return claim(base)
+
+
 def register() -> None:
     for name, func in (("lab_if", _if), ("lab_direction", _direction), ("lab_checkpoint_name", _checkpoint_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, func)
+    if not OmegaConf.has_resolver("lab_unique_dir"):
+        OmegaConf.register_new_resolver("lab_unique_dir", _unique_dir, use_cache=True)

@@ -75,6 +75,9 @@ def train(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, fl
     # Under DDP every rank runs this job; only rank 0 prints and writes the run's files.
     rank_zero = is_rank_zero()
     if rank_zero:
+        from lab.runs.provenance import write_provenance
+
+        write_provenance(run_dir)  # before anything is built: a run that fails from here on still has it
         print_config_tree(cfg)
 
     parts = build_parts(cfg)
