@@ -382,6 +382,7 @@ def test_ddp_run_leaves_one_folder(ddp_run):
     assert lines.count("config") == 1 and sum("final metrics" in line for line in lines) == 1  # rank 0 prints
 
 
+@pytest.mark.slow  # the default tier is at its 5-minute budget (make test-all runs it)
 def test_ddp_eval_gives_the_single_process_metrics(ddp_run, tmp_path):
     from lab.train.evaluate import evaluate
     from lab.train.from_checkpoint import prepare

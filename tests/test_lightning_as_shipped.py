@@ -68,8 +68,13 @@ def test_a_lab_run_replaces_nothing_in_lightning_hydra_or_torch(tmp_path):
 def _lab_classes():
     import lab
 
-    for info in pkgutil.walk_packages(lab.__path__, "lab."):
-        module = importlib.import_module(info.name)
+    plugins = [f"hydra_plugins.{p.parent.name}" for p in sorted((ROOT / "hydra_plugins").glob("*/__init__.py"))]
+    names = [info.name for info in pkgutil.walk_packages(lab.__path__, "lab.")]
+    for package in plugins:  # lab's Hydra plugins (sweeper, launcher) subclass Hydra's classes too
+        names += [package, *(info.name for info in pkgutil.walk_packages(
+            importlib.import_module(package).__path__, package + "."))]
+    for name in names:
+        module = importlib.import_module(name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__:
                 yield cls
@@ -223,7 +228,8 @@ def _replacements(source: str) -> list[str]:
 
 def test_no_lab_or_bench_code_assigns_to_lightning_hydra_or_torch():
     """A source check that also covers bench/ and the code a test run never reaches."""
-    files = sorted([*(ROOT / "lab").rglob("*.py"), *(ROOT / "bench").glob("*.py")])
+    files = sorted([*(ROOT / "lab").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py"),
+                    *(ROOT / "bench").glob("*.py")])
     found = {str(p.relative_to(ROOT)): hits for p in files if (hits := _replacements(p.read_text()))}
     assert found == {}, found
     assert len(files) > 60
