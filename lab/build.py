@@ -133,21 +133,18 @@ def resolve_speed_defaults(trainer_cfg: Any, task_precision: str | None = None) 
     auto = [k for k in ("precision", "benchmark", "channels_last") if str(node.get(k)) == "auto"]
     cuda = trains_on_cuda(node) if auto or deterministic or "bf16" in str(node.get("precision")) else False
     if cuda and "bf16" in str(node.get("precision")):
-        from lab.train.device import cuda_devices, describe
+        from lab.train.device import all_have_bf16, describe
 
-        if cuda_devices() and not all(d.has_bf16 for d in cuda_devices()):
+        if not all_have_bf16():
             raise ConfigError(f"trainer.precision={node['precision']} needs a GPU with bf16 (compute capability "
                               f"8.0, Ampere, or later); this machine has {describe()}: use trainer.precision=auto "
                               "(16-mixed there) or 32-true")
     if "precision" in auto:
         node["precision"] = "32-true"
         if cuda:
-            from lab.train.device import all_have_bf16, cuda_devices
+            from lab.train.device import all_have_bf16
 
-            if task_precision:
-                node["precision"] = task_precision
-            else:  # no device visible: Lightning stops with its own message; bf16 is then moot
-                node["precision"] = "bf16-mixed" if all_have_bf16() or not cuda_devices() else "16-mixed"
+            node["precision"] = task_precision or ("bf16-mixed" if all_have_bf16() else "16-mixed")
     if "benchmark" in auto:
         node["benchmark"] = cuda and not deterministic
     if "channels_last" in auto:

@@ -226,7 +226,7 @@ def test_report_groups_the_folds_into_one_row_with_mean_std_and_n(tmp_path, caps
     assert grouped is not None and grouped.params == [] and len(grouped.groups) == 1
     assert grouped.groups[0].stats("val/top1") == pytest.approx(
         (statistics.mean(TOP1) - 0.01, statistics.stdev(TOP1), 5))
-    assert grouped.groups[0].folds == ["0", "1", "2", "3", "4"]
+    assert grouped.groups[0].replicates("data.fold") == ["0", "1", "2", "3", "4"]
     assert main([str(sweep.path)]) == 0
     out = capsys.readouterr().out
     assert "1 configuration × 5 runs (data.fold)" in out

@@ -27,7 +27,6 @@ No `from __future__ import annotations`: Hydra's plugin scan runs this module be
 sys.modules, where dataclasses cannot resolve string annotations.
 """
 
-import ctypes
 import json
 import logging
 import os
@@ -69,20 +68,6 @@ ConfigStore.instance().store(group="hydra/launcher", name="lab_gpus", node=GpuLa
 
 class LauncherConfigError(ValueError):
     """hydra.launcher.* that cannot work here, said in one line."""
-
-
-def visible_cuda_count() -> int:
-    """CUDA devices this process may use. On Linux without the NVIDIA driver's libnvidia-ml there is
-    no CUDA device, and the answer comes without importing torch and lightning (about 10 s on 2
-    cores); otherwise lab.train.device.cuda_device_count (NVML first, fork-safe)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libnvidia-ml.so.1")
-        except OSError:
-            return 0
-    from lab.train.device import cuda_device_count
-
-    return cuda_device_count()
 
 
 def _is_index(value: Any) -> bool:
@@ -184,7 +169,9 @@ class GpuLauncher(Launcher):
             if not _is_index(k) or k < 1:
                 raise LauncherConfigError(f"hydra.launcher.jobs_per_device={k}: give a whole number >= 1 (the jobs "
                                           "that share each GPU)")
-            self.devices = plan_devices(self.devices_setting, visible_cuda_count(),
+            from lab.train.device import cuda_device_count
+
+            self.devices = plan_devices(self.devices_setting, cuda_device_count(),
                                         os.environ.get("CUDA_VISIBLE_DEVICES"))
         except LauncherConfigError as err:
             from lab.utils.console import print_error

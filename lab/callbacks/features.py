@@ -151,15 +151,16 @@ class FeaturePictures(L.Callback):
     def _train_confusion(self, trainer, pl_module, names: list[str], loggers) -> None:
         from PIL import Image
 
-        from lab.callbacks.confusion import render_confusion, write_confusion_csv
+        from lab.callbacks.confusion import count_pairs, render_confusion, write_confusion_csv
         from lab.runs.loggers import log_image
 
         dm = trainer.datamodule
         images, labels = dm.splits["train"]
         _, logits = extract(pl_module, dm, images, want_logits=True)
         n = len(names)
-        flat = labels.cpu().long() * n + torch.from_numpy(logits.argmax(axis=1)).long()
-        matrix = torch.bincount(flat, minlength=n * n).view(n, n).numpy()
+        predicted = torch.from_numpy(logits.argmax(axis=1))
+        counts = count_pairs(torch.zeros(n * n, dtype=torch.long), labels.cpu(), predicted, n)
+        matrix = counts.view(n, n).numpy()
         image = render_confusion(matrix, names, "train confusion (best checkpoint, no augmentation)")
         run_dir = Path(trainer.default_root_dir)
         Image.fromarray(image).save(run_dir / "confusion_train.png")

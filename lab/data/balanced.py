@@ -27,12 +27,12 @@ class ClassBalancedBatchSampler:
     same number on every rank.
 
     Batches are drawn on the CPU. As tensors they are in pinned memory when `pin_memory`
-    (default: when CUDA is available), so the loader's copy to the GPU can be asynchronous
+    (the datamodule sets it when the dataset is on the GPU), so the loader's copy to the GPU can be asynchronous
     (`.to(device, non_blocking=True)`); a copy from pageable memory waits for the GPU."""
 
     def __init__(self, labels: torch.Tensor, batch_size: int, samples_per_class: int, seed: int = 0,
                  as_list: bool = False, rank: int = 0, world_size: int = 1,
-                 pin_memory: bool | None = None) -> None:
+                 pin_memory: bool = False) -> None:
         from lab.train.distributed import EpochHook
 
         labels = torch.as_tensor(labels).long().cpu()
@@ -55,7 +55,7 @@ class ClassBalancedBatchSampler:
         self.seed = int(seed)
         self.epoch = 0
         self.as_list = as_list
-        self.pin_memory = (torch.cuda.is_available() if pin_memory is None else bool(pin_memory)) and not as_list
+        self.pin_memory = bool(pin_memory) and not as_list
         self.rank, self.world_size = int(rank), max(int(world_size), 1)
         # Batches drawn per epoch (all ranks together) and kept by each rank.
         self._per_rank = max(len(labels) // self.batch_size // self.world_size, 1)

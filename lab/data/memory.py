@@ -253,23 +253,26 @@ class InMemoryClassificationData(L.LightningDataModule):
         rank, world = rank_and_world(trainer)
         # Lightning's overfit_batches means the same few batches every epoch: no shuffling.
         shuffle = train and not (trainer is not None and trainer.overfit_batches)
-        sampler = None
-        if train and self.samples_per_class:
-            from lab.data.balanced import ClassBalancedBatchSampler
-
-            sampler = ClassBalancedBatchSampler(labels, batch_size, self.samples_per_class, seed=self.seed,
-                                                as_list=not self.fast_path, rank=rank, world_size=world,
-                                                pin_memory=self._device().type == "cuda")
-            sampler.set_epoch(self.epoch)
+        # Where the batches come from: the GPU when the split fits there (it moves once), else host memory.
+        pin = False
         if self.fast_path:
             device = self._device()
-            pin = False
-            if device.type == "cuda" and images.device != device:  # the dataset moves to the GPU once
+            if device.type == "cuda" and images.device != device:
                 if self._fits_on(device, split, images, labels):
                     self.splits[split] = (images.to(device), labels.to(device))
                     images, labels = self.splits[split]
                 else:
-                    pin = True
+                    pin = True  # host-kept split: its batches are pinned instead
+        sampler = None
+        if train and self.samples_per_class:
+            from lab.data.balanced import ClassBalancedBatchSampler
+
+            # Index batches are pinned only when they index a dataset on the GPU (copied there without blocking).
+            sampler = ClassBalancedBatchSampler(labels, batch_size, self.samples_per_class, seed=self.seed,
+                                                as_list=not self.fast_path, rank=rank, world_size=world,
+                                                pin_memory=images.is_cuda)
+            sampler.set_epoch(self.epoch)
+        if self.fast_path:
             loader = TensorBatchLoader(images, labels, batch_size, shuffle=shuffle, seed=self.seed,
                                        batch_sampler=sampler, rank=rank, world_size=world, train=train,
                                        on_epoch=self._set_transform_epoch if train else None, pin_memory=pin)

@@ -4,12 +4,23 @@ over seeds, with groups), its plots (plots), the command line (cli) and the swee
 Cheap to import: no torch, Hydra's parser or matplotlib.
 """
 
-from lab.results.grouped_table import GroupedTable, group_table, write_grouped
-from lab.results.groups import Group, group_jobs, has_replicates, mean_std
-from lab.results.plots import figure, plot
-from lab.results.sweep import Job, ReportError, Sweep, expand_overrides, latest_sweep, load_sweep
-from lab.results.table import Table, available_metrics, best_job, build_table, format_value, select_metrics, write
+# Loaded on first use (PEP 562): Hydra imports lab's sweeper plugin, which needs one constant of
+# lab.results.trials, at every `lab.run` start; the readers below load only when asked for.
+_WHERE = {
+    "GroupedTable": "grouped_table", "group_table": "grouped_table", "write_grouped": "grouped_table",
+    "Group": "groups", "group_jobs": "groups", "has_replicates": "groups", "mean_std": "groups",
+    "figure": "plots", "plot": "plots",
+    "Job": "sweep", "ReportError": "sweep", "Sweep": "sweep", "expand_overrides": "sweep", "latest_sweep": "sweep",
+    "load_sweep": "sweep",
+    "Table": "table", "available_metrics": "table", "best_job": "table", "build_table": "table",
+    "format_value": "table", "select_metrics": "table", "write": "table",
+}
+__all__ = sorted(_WHERE)
 
-__all__ = ["Group", "GroupedTable", "Job", "ReportError", "Sweep", "Table", "available_metrics", "best_job",
-           "build_table", "expand_overrides", "figure", "format_value", "group_jobs", "group_table", "has_replicates",
-           "latest_sweep", "load_sweep", "mean_std", "plot", "select_metrics", "write", "write_grouped"]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lab.results' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"lab.results.{_WHERE[name]}"), name)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.results.groups import REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std, replicate_column
+from lab.results.groups import REPLICATE_COLUMNS, REPLICATE_KEYS, Group, group_jobs, has_replicates, mean_std
 from lab.results.sweep import ReportError
 from lab.results.table import (
     DETAIL_WIDTH,
@@ -103,7 +103,7 @@ class GroupedTable(Rendered):
             row["status"] = group_status(group, errors=False)
             row["error"] = first_error(group)
             row["jobs"] = " ".join("" if job.num is None else str(job.num) for job in group.jobs)
-            row.update({replicate_column(k): " ".join(job.params.get(k, "") for job in group.jobs)
+            row.update({REPLICATE_COLUMNS[k]: " ".join(group.replicates(k))
                         for k in replicates})
             rows.append(row)
         return rows

@@ -19,13 +19,10 @@ from typing import Any
 
 from lab.results.sweep import Job
 
-REPLICATE_KEYS = ("seed", "data.fold")  # keys that repeat a configuration rather than change it
-REPLICATE_COLUMNS = {"seed": "seeds", "data.fold": "folds"}  # table.csv's column listing each group's values
-
-
-def replicate_column(key: str) -> str:
-    """The table.csv column that lists a group's values of replicate key `key` (`seeds`, `folds`)."""
-    return REPLICATE_COLUMNS.get(key, f"{key}s")
+# Keys that repeat a configuration rather than change it, and the table.csv column listing each
+# group's values of that key.
+REPLICATE_COLUMNS = {"seed": "seeds", "data.fold": "folds"}
+REPLICATE_KEYS = tuple(REPLICATE_COLUMNS)
 
 
 @dataclass
@@ -52,14 +49,9 @@ class Group:
         std = statistics.stdev(values) if n >= 2 else math.nan
         return mean, std, n
 
-    @property
-    def seeds(self) -> list[str]:
-        return [job.params.get("seed", "") for job in self.jobs]
-
-    @property
-    def folds(self) -> list[str]:
-        """Each job's data.fold ('' where the sweep does not set it)."""
-        return [job.params.get("data.fold", "") for job in self.jobs]
+    def replicates(self, key: str) -> list[str]:
+        """Each job's value of replicate key `key` ('' where the sweep does not set it)."""
+        return [job.params.get(key, "") for job in self.jobs]
 
 
 def group_jobs(jobs: list[Job], keys: list[str], replicate: tuple[str, ...] = REPLICATE_KEYS) -> list[Group]:

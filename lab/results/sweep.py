@@ -27,7 +27,6 @@ SWEEP_EXPECTED = "expected a sweep folder made by `python -m lab.run -m ...` (mu
 # A sweep folder holds multirun.yaml (Hydra's basic sweeper, or lab.results.sweep_status for any other);
 # an Optuna sweep made without lab's callback holds only optimization_results.yaml, once it ended.
 _SWEEP_MARKERS = (run_folder.MULTIRUN, run_folder.OPTUNA_RESULTS)
-_OPTUNA_TARGET = SWEEPER_TARGET
 
 
 class ReportError(LabError):
@@ -171,7 +170,7 @@ def _read_multirun(path: Path) -> dict:
         raise ReportError(f"{path} is a file, not a folder; {SWEEP_EXPECTED}")
     multirun = path / run_folder.MULTIRUN
     if not multirun.is_file() and (path / run_folder.OPTUNA_RESULTS).is_file():
-        return {"hydra": {"sweeper": {"_target_": _OPTUNA_TARGET}}}  # jobs and command from the folders
+        return {"hydra": {"sweeper": {"_target_": SWEEPER_TARGET}}}  # jobs and command from the folders
     if not multirun.is_file():
         if (path / run_folder.METRICS).exists() or run_folder.is_run(path):
             raise ReportError(f"{path} is one run's folder, not a sweep: no {run_folder.MULTIRUN}; {SWEEP_EXPECTED}")

@@ -15,7 +15,6 @@ installed package rather than a git checkout, the file says so.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -100,24 +99,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _no_nvidia_driver() -> bool:
-    """Linux without the NVIDIA driver's libnvidia-ml: no CUDA device, known without importing torch and
-    lightning (seconds) where nothing has imported them yet."""
-    if not sys.platform.startswith("linux") or "lightning" in sys.modules:
-        return False
-    try:
-        ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return True
-    return False
-
-
 def devices() -> dict[str, Any]:
     """The CUDA devices this run sees (lab.train.device.describe), the CPU, and CUDA_VISIBLE_DEVICES."""
     try:
         from lab.train.device import describe
 
-        cuda = "no CUDA device" if _no_nvidia_driver() else describe()
+        cuda = describe()
     except Exception as err:  # noqa: BLE001 - recorded, never fatal
         cuda = f"unknown ({type(err).__name__}: {err})"
     return {"cuda": cuda, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
