@@ -3,8 +3,6 @@ pickles, a 200-class Tiny ImageNet tree) and the overrides that point each path 
 
 from __future__ import annotations
 
-import gzip
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +43,13 @@ CPU = Sizes(fashion_train=3_000, fashion_test=500, fashion_val=500, cifar_per_ba
 # --------------------------------------------------------------------------- synthetic data
 
 
-def write_idx(path: Path, array) -> None:
-    """`array` (uint8) as an IDX file, gzip-compressed like the official Fashion-MNIST files."""
-    import numpy as np
-
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
 def make_fashion_mnist(folder: Path, n_train: int, n_test: int, seed: int = 0, noise: float = 0.1) -> Path:
     """The four Fashion-MNIST IDX .gz files: 28x28 class templates plus pixel noise, learnable in a
     few dozen steps; a `noise` fraction of labels is redrawn at random, so top-1 stays below 1 (about
     0.91) and lab.eval's comparison meets wrong and uncertain predictions too."""
     import numpy as np
+
+    from tests.fixtures import write_idx
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

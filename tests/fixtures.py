@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,10 @@ def make_image_folder(root: Path, splits=("train", "val", "test", "addition"), p
                 img = Image.fromarray(_image(COLOURS[c], size + i, rng))
                 img.save(folder / (f"{i}.png" if i % 2 else f"{i}.jpg"))
     return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) in the IDX format, gzip-compressed like the official (Fashion-)MNIST files."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as out:
+        out.write(header + array.astype(np.uint8).tobytes())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,7 @@ from lab.data.idx import read_idx
 from lab.data.loader import TensorBatchLoader
 from lab.data.mnist import FILES, FashionMNISTDataModule, MNISTDataModule
 from lab.errors import ConfigError, DataNotFoundError
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write `array` (uint8) in the IDX format, gzip-compressed like the official files."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
+from tests.fixtures import write_idx
 
 
 def make_fake_mnist(folder: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
